@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a step they share.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# uv from PATH when present, else bootstrapped with pip into .tools/
+UV     := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+STAMP  := $(VENV)/.notebench-installed
+export UV_PYTHON_DOWNLOADS := never
+export UV_COMPILE_BYTECODE := 1
+
+.PHONY: help install demo test check unit kernel clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+# the venv, installed from the lock with compiled bytecode, and the notebench kernelspec inside it
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON)
+	$(BIN)/python -m ipykernel install --sys-prefix --name notebench --display-name "Python (notebench)" >/dev/null
+	@touch $@
+
+install: $(STAMP)  ## create .venv from uv.lock (skipped when up to date)
+
+demo: $(STAMP)  ## generate the demo data and run the main job on the embedded defaults
+	$(BIN)/notebench demo
+
+check: $(STAMP)  ## ci/check: library in sync with the notebooks, notebooks clean, lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/check
+
+unit: $(STAMP)  ## ci/test: notebook lessons (nbdev-test) and pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/test
+
+test: check unit  ## everything CI runs
+
+clean:  ## remove the venv and the workspace (all runtime state)
+	rm -rf $(VENV) .tools .notebench

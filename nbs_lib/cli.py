@@ -1,0 +1,164 @@
+"""The `notebench` command: one entry point, a subcommand per job, heavy libraries imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import NotebenchError
+
+__all__ = ["main"]
+
+
+def _workspace():
+    from .workspace import Workspace
+
+    return Workspace()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# subcommands: each parses nothing itself, calls the library and returns an exit code
+
+
+def cmd_config(args) -> int:
+    """Print every effective setting and where it came from."""
+    from .settings import SCHEMA, load_settings
+
+    settings = load_settings()
+    if args.json:
+        import json
+
+        out = {f"{s}.{k}": {"value": settings.value(s, k), "type": t, "source": src}
+               for s, k, t, _, src in settings.rows()}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    from .workspace import Workspace
+
+    print(f"# settings file: {settings.file}")
+    print(f"# workspace:     {Workspace(settings).root}")
+    rows = list(settings.rows())
+    width = max(len(f"{s}.{k}") for s, k, *_ in rows)
+    section = None
+    for s, k, type_, text, source in rows:
+        if s != section:
+            print(f"\n[{s}]")
+            section = s
+        line = f"{s}.{k}".ljust(width) + f"  = {text!s:<32} ({type_}; from {source})"
+        print(line)
+        if args.doc:
+            print(" " * (width + 4) + "# " + SCHEMA[s][k].doc)
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    """Write the demo world's daily batches into the workspace landing area."""
+    from .demo_data import generate
+
+    ws = _workspace()
+    landing = Path(args.out) if args.out else ws.landing
+    print(f"Generating {args.days} day(s) of scenario '{args.scenario}' from day {args.start_day} "
+          f"into {landing}", file=sys.stderr)
+    paths = generate(landing, scenario=args.scenario, days=args.days, start_day=args.start_day,
+                     customers=args.customers, seed=args.seed, shift_day=args.shift_day)
+    print(f"Wrote {len(paths)} file(s) under {landing}", file=sys.stderr)
+    return 0
+
+
+def cmd_lab(args, extra: list[str]) -> int:
+    """Start JupyterLab on the project with the notebench kernel and the workspace's MLflow store."""
+    ws = _workspace()
+    env = {**os.environ, **ws.mlflow_env()}
+    ws.experiment_id(ws.client())  # so that notebooks logging to it get artifacts inside the workspace
+    cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={ws.settings.root}",
+           "--MultiKernelManager.default_kernel_name=notebench", f"--ServerApp.ip={args.ip}",
+           f"--ServerApp.port={args.port}", *(["--no-browser"] if args.no_browser else []), *extra]
+    print(f"MLflow tracking: {ws.tracking_uri}", file=sys.stderr)
+    print(" ".join(cmd), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
+
+
+def cmd_demo(args) -> int:
+    """Generate the demo data if the landing area is empty, train one model and log it to MLflow."""
+    from .demo import run_demo
+
+    return run_demo(_workspace(), days=args.days, customers=args.customers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="notebench",
+        description="Notebench: notebooks to a continuously trained, delivered and monitored prediction service.",
+        epilog="Settings come from settings.ini (or $NOTEBENCH_SETTINGS); any key can be overridden by "
+               "NOTEBENCH_<SECTION>_<KEY>. See `notebench config`.")
+    p.add_argument("--version", action="version", version=f"notebench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("config", help="print every effective setting and where it came from")
+    c.add_argument("--doc", action="store_true", help="also print what each key means")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.set_defaults(func=cmd_config)
+
+    d = sub.add_parser("demo-data", help="write the demo world's daily Parquet batches into the landing area")
+    d.add_argument("--scenario", default="stable",
+                   choices=["stable", "covariate_shift", "concept_drift", "schema_break", "null_spike"],
+                   help="how the data changes after --shift-day (default: stable)")
+    d.add_argument("--days", type=int, default=30, help="number of days to write (default: 30)")
+    d.add_argument("--start-day", type=int, default=0, help="index of the first day to write (default: 0)")
+    d.add_argument("--customers", type=int, default=2000, help="size of the customer base (default: 2000)")
+    d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
+    d.add_argument("--shift-day", type=int, default=None, help="day index where the scenario starts")
+    d.add_argument("--out", default=None, help="landing folder (default: <workspace>/landing)")
+    d.set_defaults(func=cmd_demo_data)
+
+    lab = sub.add_parser("lab", help="start JupyterLab on the project, the notebench kernel and MLflow store",
+                         epilog="Arguments after -- go to jupyter lab unchanged.")
+    lab.add_argument("--ip", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    lab.add_argument("--port", type=int, default=8888, help="port (default: 8888)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lab.add_argument("--dry-run", action="store_true", help="print the command and environment, start nothing")
+    lab.set_defaults(func=cmd_lab, passthrough=True)
+
+    demo = sub.add_parser("demo", help="generate the demo data and train a model into MLflow (what `make demo` runs)")
+    demo.add_argument("--days", type=int, default=45, help="days of demo data to generate if none exist")
+    demo.add_argument("--customers", type=int, default=2000, help="size of the demo customer base")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `notebench` command line; return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
+    except NotebenchError as exc:
+        print(f"notebench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("notebench: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""MLflow helpers shared by the demo, the pipeline steps and the CLI: lineage tags and logging a model fast."""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata as md
+from pathlib import Path
+
+from . import __version__
+from .workspace import git_info
+
+__all__ = ["lineage_tags", "log_sklearn_model", "pip_requirements", "skops_trusted_types"]
+
+# what a logged scikit-learn model needs to load; pinned to this environment's versions
+MODEL_PACKAGES = ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")
+
+
+def pip_requirements(packages=MODEL_PACKAGES) -> list[str]:
+    """`name==version` for each of `packages` as installed here (skips MLflow's ~15 s inference)."""
+    return [f"{name}=={md.version(name)}" for name in packages]
+
+
+def lineage_tags(root: Path, trigger: str = "manual") -> dict[str, str]:
+    """Tags that say which code made a run: git commit and dirty flag, package version, who, what triggered it."""
+    git = git_info(root)
+    return {"mlflow.source.git.commit": git["commit"], "notebench.git.dirty": git["dirty"],
+            "notebench.version": __version__, "mlflow.user": getpass.getuser(), "notebench.trigger": trigger}
+
+
+def skops_trusted_types(model) -> list[str]:
+    """The types skops must trust to load `model`: those of the model we just built, nothing else."""
+    import skops.io as sio
+
+    return sio.get_untrusted_types(data=sio.dumps(model))
+
+
+def log_sklearn_model(run_id: str, model, input_example, name: str = "model", **kwargs):
+    """Log a fitted scikit-learn model to run `run_id` with signature, input example and pinned requirements."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    output = model.predict_proba(input_example)
+    signature = infer_signature(input_example, output)
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.sklearn.log_model(
+            model, name=name, signature=signature, input_example=input_example,
+            pip_requirements=pip_requirements(), serialization_format="skops",
+            skops_trusted_types=skops_trusted_types(model), pyfunc_predict_fn="predict_proba", **kwargs)
