@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -90,6 +91,92 @@ def cmd_demo(args) -> int:
     return run_demo(_workspace(), days=args.days, customers=args.customers)
 
 
+def _parse_params(items: list[str]) -> dict:
+    """`key=value` pairs, values read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise NotebenchError(f"parameter {item!r} is not key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    """Run a pipeline (or explain what a run would do)."""
+    from .runner import RunOptions, explain, run_pipeline
+    from .spec import find_pipeline, load_spec
+
+    opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only,
+                      parameters=_parse_params(args.param), trigger=args.trigger, wait=args.wait,
+                      executor=args.executor, lineage=not args.no_lineage)
+    if args.explain:
+        ws = _workspace()
+        spec = load_spec(find_pipeline(args.pipeline, ws.settings.root))
+        for plan in explain(spec, ws, opts):
+            print(f"{plan.step:<16} {plan.action:<7} {'; '.join(plan.reasons)}")
+        return 0
+    run_pipeline(args.pipeline, opts)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    """List recent pipeline runs."""
+    from .store import PipelineStore
+
+    ws = _workspace()
+    records = []
+    for folder in sorted((ws.root / "pipelines").glob("*")) if (ws.root / "pipelines").exists() else []:
+        if not args.pipeline or folder.name == args.pipeline:
+            records += PipelineStore(ws.root, folder.name).runs()
+    records.sort(key=lambda r: r["started"], reverse=True)
+    if not records:
+        print("no runs yet; start one with `notebench run PIPELINE`")
+        return 0
+    print(f"{'run':<24} {'pipeline':<12} {'state':<10} {'steps':<20} {'trigger':<10} started")
+    for rec in records[: args.limit]:
+        states = [s.get("state", "?") for s in rec["steps"].values()]
+        counts = ", ".join(f"{states.count(k)} {k}" for k in ("done", "cached", "failed") if states.count(k))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"]))
+        print(f"{rec['run_id']:<24} {rec['pipeline']:<12} {rec['state']:<10} {counts:<20} "
+              f"{rec.get('trigger', ''):<10} {started}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """Show one run: its steps, products and where the executed notebooks are."""
+    import json
+
+    from .progress import summary_rows
+    from .store import RunRecord
+
+    ws = _workspace()
+    matches = sorted((ws.root / "pipelines").glob(f"*/runs/{args.run}*/run.json"))
+    if len(matches) != 1:
+        raise NotebenchError(f"{len(matches)} runs match '{args.run}'; see `notebench runs`")
+    rec = RunRecord.load(matches[0])
+    if args.json:
+        print(json.dumps(rec, indent=1, default=str))
+        return 0
+    lineage = matches[0].parent / "lineage.json"
+    mlflow_ids = json.loads(lineage.read_text()).get("mlflow_runs", {}) if lineage.exists() else {}
+    print(f"run {rec['run_id']} of pipeline {rec['pipeline']}: {rec['state']}")
+    print(f"  trigger {rec.get('trigger')} by {rec.get('user')}; git {rec['git']['commit'][:12]}"
+          f"{' (dirty)' if rec['git']['dirty'] == 'true' else ''}; MLflow run {mlflow_ids.get('pipeline', '-')}")
+    for name, state, duration, note in summary_rows(rec):
+        step = rec["steps"][name]
+        print(f"\n  {name}: {state} {duration}  {note}")
+        if step.get("notebook"):
+            print(f"    notebook: {step['notebook']}")
+        for product, path in (step.get("products") or {}).items():
+            print(f"    product {product}: {path}")
+    if rec.get("error"):
+        print(f"\n{rec['error']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the parser
 
@@ -132,6 +219,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=45, help="days of demo data to generate if none exist")
     demo.add_argument("--customers", type=int, default=2000, help="size of the demo customer base")
     demo.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="run a pipeline: cached, parallel, recorded in MLflow")
+    r.add_argument("pipeline", help="pipeline name (notebooks/pipelines/NAME) or path to its pipeline.yaml")
+    r.add_argument("--explain", action="store_true", help="say for each step whether it would run and why; run nothing")
+    r.add_argument("--force", action="store_true", help="run every step, cached or not")
+    r.add_argument("--from", dest="from_step", metavar="STEP", help="run STEP and everything downstream of it")
+    r.add_argument("--only", metavar="STEP", help="run only STEP (its upstream products must exist)")
+    r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    r.add_argument("--trigger", default="manual", help="what started this run, recorded in lineage (default: manual)")
+    r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
+    r.add_argument("--executor", default="local", help="step executor (default: local)")
+    r.add_argument("--no-lineage", action="store_true", help="do not record the run in MLflow")
+    r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("runs", help="list recent pipeline runs")
+    rs.add_argument("pipeline", nargs="?", help="only this pipeline")
+    rs.add_argument("-n", "--limit", type=int, default=20, help="how many (default: 20)")
+    rs.set_defaults(func=cmd_runs)
+
+    sh = sub.add_parser("show", help="show a run: steps, products, executed notebooks")
+    sh.add_argument("run", help="run id (a unique prefix is enough)")
+    sh.add_argument("--json", action="store_true", help="print the run record as JSON")
+    sh.set_defaults(func=cmd_show)
     return p
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NotebenchError", "SettingsError"]
+__all__ = ["KernelError", "NotebenchError", "SettingsError"]
 
 
 class NotebenchError(Exception):
@@ -20,3 +20,42 @@ class SettingsError(NotebenchError):
         self.file, self.key, self.expected = file, key, expected
         where = f"{file}: " if file else ""
         super().__init__(where + message)
+
+
+class SpecError(NotebenchError):
+    """A pipeline spec is wrong: names the file, the step and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file=None, step: str | None = None, fix: str | None = None):
+        self.file, self.step, self.fix = file, step, fix
+        text = f"{file}: " if file else ""
+        text += f"step '{step}': " if step else ""
+        text += message
+        text += f"\n  fix: {fix}" if fix else ""
+        super().__init__(text)
+
+
+class StepFailed(NotebenchError):
+    """A step's notebook raised, timed out or did not write a declared product."""
+
+    def __init__(self, step: str, message: str, *, notebook=None, cell: int | None = None, resume: str = ""):
+        self.step, self.notebook, self.cell, self.resume = step, notebook, cell, resume
+        text = f"step '{step}' failed: {message}"
+        text += f"\n  executed notebook: {notebook}" if notebook else ""
+        text += f"\n  resume with: {resume}" if resume else ""
+        super().__init__(text)
+
+
+class PipelineBusy(NotebenchError):
+    """Another run of the same pipeline holds the workspace's lock."""
+
+    exit_code = 3
+
+
+class StepStopped(NotebenchError):
+    """Raised by a step notebook (through `nbs_lib.step`) to stop the pipeline with a readable reason."""
+
+
+class KernelError(NotebenchError):
+    """The warm kernel pool cannot serve a request: it is closed, or its server refused a launcher."""

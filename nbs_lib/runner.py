@@ -1,0 +1,403 @@
+"""The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
+
+`run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the kernel pool and
+the lineage sidecar → run ready steps on the executor → commit each step's products atomically → stop at the
+first failure, keeping its executed notebook → record the run. A step is skipped when its products exist
+and its fingerprint (code, modules, parameters, upstream products) is unchanged, so a run after a failure
+resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import NotebenchError, StepFailed
+from .executors import get_executor, wait_any
+from .fingerprint import Fingerprint, path_digest
+from .lineage import LineageClient, now_ms
+from .notebooks import read_notebook
+from .progress import Progress, TerminalProgress
+from .spec import INJECTED, PipelineSpec, StepSpec, find_pipeline, load_spec
+from .store import PipelineStore, RunRecord, new_run_id
+from .workspace import Workspace, git_info
+
+__all__ = ["RunOptions", "explain", "run_pipeline", "StepPlan"]
+
+
+@dataclass
+class RunOptions:
+    """What the user asked for: which steps, forced or not, parameters, who triggered the run."""
+
+    force: bool = False  # re-run every step
+    from_step: str | None = None  # re-run this step and everything downstream of it
+    only: str | None = None  # run only this step (its upstream products must exist)
+    parameters: dict = field(default_factory=dict)  # overrides of pipeline and step parameters
+    trigger: str = "manual"  # what started the run: manual, schedule, drift, ...
+    wait: bool = False  # queue behind a run in progress instead of refusing
+    executor: str = "local"  # a registered executor
+    lineage: bool = True  # record the run in MLflow
+
+
+@dataclass
+class StepPlan:
+    """Whether a step will run, and why."""
+
+    step: str
+    action: str  # "run", "cached", "maybe" (runs if an upstream's products change)
+    reasons: list[str]
+
+
+def _selection(spec: PipelineSpec, opts: RunOptions) -> tuple[list[str], set[str]]:
+    """(steps to consider, in order; steps forced to run) for the options."""
+    for name in (opts.only, opts.from_step):
+        if name and name not in spec.steps:
+            raise NotebenchError(f"{spec.file}: no step named '{name}'; steps: {', '.join(spec.steps)}")
+    if opts.only:
+        return [opts.only], {opts.only}
+    if opts.from_step:
+        return list(spec.steps), set(spec.downstream(opts.from_step))
+    return list(spec.steps), set(spec.steps) if opts.force else set()
+
+
+def _upstream_digests(spec: PipelineSpec, step: StepSpec, store: PipelineStore) -> dict[str, str] | None:
+    """Content digests of the step's upstream products from their manifests; None if one is missing."""
+    out = {}
+    for up in step.upstream:
+        manifest = store.manifest(up)
+        if manifest is None:
+            return None
+        out.update({f"{up}.{p}": d for p, d in manifest["products"].items()})
+    return out
+
+
+def _fingerprint(spec, step, store, ws, opts) -> Fingerprint | None:
+    digests = _upstream_digests(spec, step, store)
+    if digests is None:
+        return None
+    lib_root = Path(__file__).resolve().parent
+    params = {k: _literal(v) for k, v in step.declared.items() if k not in INJECTED}  # the notebook's defaults
+    params.update(spec.step_parameters(step, opts.parameters))
+    return Fingerprint.of(read_notebook(step.notebook), lib_root, params, digests)
+
+
+def _literal(source: str):
+    """A parameter default's value when it is a literal, else its source text."""
+    import ast
+
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return source
+
+
+def _cache_reasons(step: StepSpec, fp: Fingerprint, store: PipelineStore) -> list[str]:
+    """Why the step's current products cannot be reused (empty: they can)."""
+    manifest = store.manifest(step.name)
+    reasons = fp.changes(manifest["fingerprint"] if manifest else None)
+    if not reasons:
+        missing = [p for p, f in step.products.items() if not (store.product_dir(step.name) / f).exists()]
+        reasons = [f"product {p} is missing" for p in missing]
+    return reasons
+
+
+def explain(spec: PipelineSpec, ws: Workspace, opts: RunOptions | None = None) -> list[StepPlan]:
+    """What a run with `opts` would do for each step, and why, without running anything."""
+    opts = opts or RunOptions()
+    store = PipelineStore(ws.root, spec.name)
+    selected, forced = _selection(spec, opts)
+    will_run: set[str] = set()
+    plans = []
+    for name in selected:
+        step = spec.steps[name]
+        running_ups = [u for u in step.upstream if u in will_run]
+        if name in forced:
+            plans.append(StepPlan(name, "run", ["forced (--force, --from or --only)"]))
+            will_run.add(name)
+            continue
+        fp = _fingerprint(spec, step, store, ws, opts)
+        if fp is None and not running_ups:
+            plans.append(StepPlan(name, "run", ["an upstream step has no products yet"]))
+            will_run.add(name)
+        elif running_ups:
+            plans.append(StepPlan(name, "maybe", [f"runs if the products of {', '.join(running_ups)} change"]))
+            will_run.add(name)
+        else:
+            reasons = _cache_reasons(step, fp, store)
+            plans.append(StepPlan(name, "run" if reasons else "cached", reasons or ["nothing changed"]))
+            if reasons:
+                will_run.add(name)
+    return plans
+
+
+class _Run:
+    """One pipeline run in progress: its record, store, lineage and kernel pool."""
+
+    def __init__(self, spec: PipelineSpec, ws: Workspace, opts: RunOptions, progress: Progress):
+        self.spec, self.ws, self.opts, self.progress = spec, ws, opts, progress
+        self.store = PipelineStore(ws.root, spec.name)
+        self.run_id = new_run_id()
+        self.run_dir = self.store.run_dir(self.run_id)
+        self.pool = None
+        self.lineage: LineageClient | None = None
+        self.cfg = ws.settings["pipeline"]
+
+    # the run, step by step ---------------------------------------------------------------------------
+    def execute(self) -> RunRecord:
+        selected, forced = _selection(self.spec, self.opts)
+        self._check_only_inputs()
+        self.store.clean_staging()
+        self.record = RunRecord.create(
+            self.run_dir / "run.json", run_id=self.run_id, pipeline=self.spec.name, state="running",
+            pid=os.getpid(), started=time.time(), trigger=self.opts.trigger, user=getpass.getuser(),
+            parameters=self.opts.parameters, spec=str(self.spec.file), spec_digest=self.spec.digest,
+            git=git_info(self.ws.settings.root), version=__version__,
+            steps={n: {"state": "pending"} for n in selected})
+        self._start_lineage()
+        if any(p.action != "cached" for p in explain(self.spec, self.ws, self.opts)):
+            self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root)  # imports while the first step starts
+            threading.Thread(target=_import_papermill, daemon=True).start()
+        self.progress.start(self.spec, self.run_id, selected)
+        failure = self._schedule(selected, forced)
+        self._finish(failure)
+        if failure:
+            raise failure
+        return self.record
+
+    def _schedule(self, selected: list[str], forced: set[str]) -> StepFailed | None:
+        executor = get_executor(self.opts.executor, self.cfg["parallelism"])
+        running: dict = {}
+        finished: set[str] = set()
+        failure = None
+        try:
+            while True:
+                if failure is None:
+                    for name in selected:
+                        step = self.spec.steps[name]
+                        ups = [u for u in step.upstream if u in selected]
+                        if self.record["steps"][name]["state"] == "pending" and all(u in finished for u in ups):
+                            self._set(name, state="queued")
+                            running[executor.submit(self._step, step, name in forced)] = name
+                if not running:
+                    break
+                for future in wait_any(running):
+                    name = running.pop(future)
+                    try:
+                        future.result()
+                        finished.add(name)
+                    except StepFailed as exc:
+                        failure = failure or exc
+        finally:
+            executor.shutdown()
+        return failure
+
+    def _step(self, step: StepSpec, forced: bool) -> None:
+        started = time.time()
+        fp = _fingerprint(self.spec, step, self.store, self.ws, self.opts)
+        reasons = ["forced"] if forced else _cache_reasons(step, fp, self.store)
+        if not reasons:
+            return self._cached(step, fp, started)
+        self._set(step.name, state="running", started=started, reasons=reasons, cached=False)
+        self._send_start(step, fp, started)
+        attempts = 1 + (step.retries if step.retries is not None else self.cfg["retries"])
+        for attempt in range(1, attempts + 1):
+            try:
+                self._run_notebook(step, fp, attempt)
+                return None
+            except StepFailed as exc:
+                if attempt == attempts:
+                    self._set(step.name, state="failed", ended=time.time(), error=str(exc).splitlines()[0],
+                              duration=time.time() - started, attempts=attempt)
+                    self._send_end(step, "FAILED", started, error=str(exc))
+                    raise
+                self._set(step.name, state="retrying", attempts=attempt)
+        return None
+
+    def _run_notebook(self, step: StepSpec, fp: Fingerprint, attempt: int) -> None:
+        staging = self.store.staging(step.name, self.run_id)
+        products = {p: str(staging / f) for p, f in step.products.items()}
+        notebook = self.run_dir / f"{step.name}.ipynb"
+        records = self.run_dir / f"{step.name}.records.json"
+        params = self.spec.step_parameters(step, self.opts.parameters)
+        injected = {"products": products, "context": self._context(step, records),
+                    "upstream": {u: {p: str(self.store.product_dir(u) / f)
+                                     for p, f in self.spec.steps[u].products.items()} for u in step.upstream}}
+        params.update({k: v for k, v in injected.items() if k in step.declared and k in INJECTED})
+        timeout = step.timeout or self.cfg["timeout"]
+        _papermill(step, notebook, params, timeout, self._kernel_kwargs(), self._resume_hint(step))
+        missing = [p for p, path in products.items() if not Path(path).exists()]
+        if missing:
+            raise StepFailed(step.name, f"did not write its declared product(s) {', '.join(missing)} "
+                                        f"(to {', '.join(products[p] for p in missing)})",
+                             notebook=notebook, resume=self._resume_hint(step))
+        digests = {p: path_digest(Path(path)) for p, path in products.items()}
+        manifest = {"fingerprint": fp.to_dict(), "products": digests, "run_id": self.run_id,
+                    "mlflow_run_id": self._mlflow_id(step), "produced": time.time()}
+        final = self.store.commit(step.name, staging, manifest)
+        ended = time.time()
+        started = self.record["steps"][step.name]["started"]
+        self._set(step.name, state="done", ended=ended, duration=ended - started, attempts=attempt,
+                  notebook=str(notebook), products={p: str(final / f) for p, f in step.products.items()})
+        self._send_end(step, "FINISHED", started, notebook=notebook, records=records,
+                       products={p: {"path": str(final / step.products[p]), "sha256": d} for p, d in digests.items()})
+
+    def _cached(self, step: StepSpec, fp: Fingerprint, started: float) -> None:
+        manifest = self.store.manifest(step.name) or {}
+        products = {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}
+        self._set(step.name, state="cached", cached=True, started=started, ended=time.time(), duration=0.0,
+                  reasons=["nothing changed"], cached_from=manifest.get("run_id"), products=products)
+        self._send_start(step, fp, started, cached_from=manifest)
+        self._send_end(step, "FINISHED", started, products={
+            p: {"path": products[p], "sha256": d} for p, d in manifest.get("products", {}).items()})
+
+    def _finish(self, failure: StepFailed | None) -> None:
+        self.record.update(state="failed" if failure else "succeeded", ended=time.time(),
+                           error=str(failure) if failure else None)
+        self.record.save()
+        cached = sum(1 for s in self.record["steps"].values() if s.get("state") == "cached")
+        if self.lineage:
+            self.lineage.send({"op": "end", "key": "pipeline", "status": "FAILED" if failure else "FINISHED",
+                               "end_ms": now_ms(), "tags": {"notebench.state": self.record["state"]},
+                               "metrics": {"duration_s": self.record["ended"] - self.record["started"],
+                                           "steps_cached": cached}})
+            everything_cached = cached == len(self.record["steps"])
+            self.lineage.close(wait=not everything_cached)
+        if self.pool:
+            self.pool.close()
+        self.progress.end(self.record)
+
+    # helpers ----------------------------------------------------------------------------------------
+    def _set(self, name: str, **fields) -> None:
+        self.record["steps"][name].update(fields)
+        self.record.save()
+        self.progress.update(name, self.record["steps"][name])
+
+    def _check_only_inputs(self) -> None:
+        if self.opts.only:
+            for up in self.spec.steps[self.opts.only].upstream:
+                if self.store.manifest(up) is None:
+                    raise NotebenchError(f"--only {self.opts.only}: upstream step '{up}' has no products yet; "
+                                         f"run `notebench run {self.spec.name}` first")
+
+    def _context(self, step: StepSpec, records: Path) -> dict:
+        return {"pipeline": self.spec.name, "step": step.name, "run_id": self.run_id, "run_dir": str(self.run_dir),
+                "lineage": self.lineage is not None,
+                "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
+                "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger}
+
+    def _mlflow_id(self, step: StepSpec | None) -> str | None:
+        if not self.lineage:
+            return None
+        key = "pipeline" if step is None else f"step:{step.name}"
+        return self.lineage.run_id(key)
+
+    def _resume_hint(self, step: StepSpec) -> str:
+        return f"notebench run {self.spec.name}   (finished steps are cached; it resumes at '{step.name}')"
+
+    def _kernel_kwargs(self) -> dict:
+        return self.pool.papermill_kwargs() if self.pool else {"kernel_name": "notebench"}
+
+    def _start_lineage(self) -> None:
+        if not self.opts.lineage:
+            return
+        self.lineage = LineageClient(self.run_dir, {
+            "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
+            "experiment": self.ws.experiment, "artifact_location": (self.ws.artifacts / self.ws.experiment).as_uri(),
+            "run_dir": str(self.run_dir)})
+        git = self.record["git"]
+        self.lineage.send({"op": "start", "key": "pipeline", "name": f"{self.spec.name} {self.run_id}",
+                           "start_ms": int(self.record["started"] * 1000),
+                           "tags": {"notebench.pipeline": self.spec.name, "notebench.run_id": self.run_id,
+                                    "notebench.spec_digest": self.spec.digest, "notebench.version": __version__,
+                                    "mlflow.source.git.commit": git["commit"], "notebench.git.dirty": git["dirty"],
+                                    "notebench.trigger": self.opts.trigger, "mlflow.user": self.record["user"],
+                                    "notebench.kind": "pipeline"},
+                           "params": {**self.spec.parameters, **self.opts.parameters}})
+
+    def _send_start(self, step: StepSpec, fp: Fingerprint | None, started: float, cached_from: dict | None = None):
+        if not self.lineage:
+            return
+        tags = {"notebench.pipeline": self.spec.name, "notebench.step": step.name, "notebench.kind": "step",
+                "notebench.notebook": str(step.notebook), "notebench.fingerprint": fp.digest if fp else "",
+                "notebench.cached": str(cached_from is not None).lower()}
+        if cached_from is not None:
+            tags["notebench.cached_from_run"] = cached_from.get("run_id", "")
+            tags["notebench.cached_from_mlflow_run"] = cached_from.get("mlflow_run_id") or ""
+        self.lineage.send({"op": "start", "key": f"step:{step.name}", "name": step.name,
+                           "start_ms": int(started * 1000), "tags": tags,
+                           "params": self.spec.step_parameters(step, self.opts.parameters)})
+
+    def _send_end(self, step: StepSpec, status: str, started: float, notebook: Path | None = None,
+                  records: Path | None = None, products: dict | None = None, error: str | None = None):
+        if not self.lineage:
+            return
+        rec = _read_json(records) if records else {}
+        tags = {f"notebench.verdict.{k}": ("passed" if v["passed"] else "failed") + ": " + "; ".join(v["reasons"])
+                for k, v in rec.get("verdicts", {}).items()}
+        tags.update(rec.get("tags", {}))
+        if error:
+            tags["notebench.error"] = error
+        notebook = notebook or (self.run_dir / f"{step.name}.ipynb")
+        self.lineage.send({"op": "end", "key": f"step:{step.name}", "status": status, "end_ms": now_ms(),
+                           "metrics": {**rec.get("metrics", {}), "duration_s": time.time() - started},
+                           "tags": tags, "products": products,
+                           "notebooks": [str(notebook)] if notebook.exists() else []})
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _import_papermill() -> None:
+    """Import papermill ahead of the first step (it takes seconds)."""
+    import papermill  # noqa: F401
+
+
+def _start_pool(imports: list[str], root: Path):
+    """A warm kernel pool, or None when this machine cannot fork kernels."""
+    try:
+        from .kernels import KernelPool
+    except ImportError:
+        return None
+    return KernelPool(imports, state_dir=root / "kernels").start()
+
+
+def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_kwargs: dict, resume: str):
+    """Execute one step notebook; turn papermill's errors into `StepFailed` with the cell and the error."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    try:
+        papermill.execute_notebook(str(step.notebook), str(output), parameters=params, cwd=str(step.notebook.parent),
+                                   progress_bar=False, execution_timeout=timeout, **kernel_kwargs)
+    except papermill.PapermillExecutionError as exc:
+        raise StepFailed(step.name, f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})", notebook=output,
+                         cell=exc.exec_count, resume=resume) from exc
+    except CellTimeoutError as exc:
+        raise StepFailed(step.name, f"timed out after {timeout} s", notebook=output, resume=resume) from exc
+    except DeadKernelError as exc:
+        raise StepFailed(step.name, f"its kernel died: {exc}", notebook=output, resume=resume) from exc
+
+
+def run_pipeline(pipeline: str | Path, options: RunOptions | None = None, progress: Progress | None = None,
+                 workspace: Workspace | None = None) -> RunRecord:
+    """Run a pipeline by name or path; return its record, or raise `StepFailed` / `SpecError` / `PipelineBusy`."""
+    ws = workspace or Workspace()
+    opts = options or RunOptions()
+    spec = load_spec(find_pipeline(str(pipeline), ws.settings.root))
+    store = PipelineStore(ws.root, spec.name)
+    store.lock(wait=opts.wait)
+    try:
+        return _Run(spec, ws, opts, progress or TerminalProgress()).execute()
+    finally:
+        store.unlock()
