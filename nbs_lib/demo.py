@@ -89,7 +89,7 @@ def run_demo(ws: Workspace, days: int = 45, customers: int = 2000) -> int:
                      seed=ws.settings.value("training", "seed"))
     result = train_and_log(ws, landing)
     overall = result["report"]["overall"]
-    print(f"\nModel trained: holdout ROC AUC {overall['roc_auc']:.3f}, accuracy {overall['accuracy']:.3f}")
+    print(f"\nModel trained: holdout ROC AUC {overall['auc']:.3f}, accuracy {overall['accuracy']:.3f}")
     print(f"MLflow run:    {result['run_id']}")
     print(f"Model:         {result['model_uri']}")
     print(f"Look at it:    .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri}")

@@ -27,7 +27,7 @@ from .spec import INJECTED, PipelineSpec, StepSpec, find_pipeline, load_spec
 from .store import PipelineStore, RunRecord, new_run_id
 from .workspace import Workspace, git_info
 
-__all__ = ["RunOptions", "explain", "run_pipeline", "StepPlan"]
+__all__ = ["RunOptions", "StepPlan", "explain", "run", "run_pipeline"]
 
 
 @dataclass
@@ -401,3 +401,14 @@ def run_pipeline(pipeline: str | Path, options: RunOptions | None = None, progre
         return _Run(spec, ws, opts, progress or TerminalProgress()).execute()
     finally:
         store.unlock()
+
+
+def run(pipeline: str | Path, **options) -> RunRecord:
+    """Run a pipeline from a notebook cell or a script: `run("training", force=True)`, progress shown in place."""
+    in_kernel = "ipykernel" in __import__("sys").modules
+    progress = None
+    if in_kernel:
+        from .progress import NotebookProgress
+
+        progress = NotebookProgress()
+    return run_pipeline(pipeline, RunOptions(**options), progress=progress)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import getpass
 import importlib.metadata as md
+import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -34,14 +37,29 @@ def skops_trusted_types(model) -> list[str]:
     return sio.get_untrusted_types(data=sio.dumps(model))
 
 
+@contextmanager
+def _quiet():
+    """Silence MLflow's hints and INFO lines (uv project detected, integer columns) while logging a model."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def log_sklearn_model(run_id: str, model, input_example, name: str = "model", **kwargs):
     """Log a fitted scikit-learn model to run `run_id` with signature, input example and pinned requirements."""
     import mlflow
     from mlflow.models import infer_signature
 
     output = model.predict_proba(input_example)
-    signature = infer_signature(input_example, output)
-    with mlflow.start_run(run_id=run_id):
+    with _quiet():
+        signature = infer_signature(input_example, output)
+    with _quiet(), mlflow.start_run(run_id=run_id):
         return mlflow.sklearn.log_model(
             model, name=name, signature=signature, input_example=input_example,
             pip_requirements=pip_requirements(), serialization_format="skops",
