@@ -75,7 +75,8 @@ def cmd_lab(args, extra: list[str]) -> int:
     ws.experiment_id(ws.client())  # so that notebooks logging to it get artifacts inside the workspace
     cmd = [sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={ws.settings.root}",
            "--MultiKernelManager.default_kernel_name=notebench", f"--ServerApp.ip={args.ip}",
-           f"--ServerApp.port={args.port}", *(["--no-browser"] if args.no_browser else []), *extra]
+           f"--ServerApp.port={args.port}", *(["--no-browser"] if args.no_browser else []),
+           *(["--allow-root"] if os.geteuid() == 0 else []), *extra]
     print(f"MLflow tracking: {ws.tracking_uri}", file=sys.stderr)
     print(" ".join(cmd), file=sys.stderr)
     if args.dry_run:
