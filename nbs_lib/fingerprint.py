@@ -121,7 +121,17 @@ class Fingerprint:
             before, after = old.get("parameters", {}).get(key, "<unset>"), self.parameters.get(key, "<unset>")
             if before != after:
                 reasons.append(f"parameter {key} changed: {before!r} -> {after!r}")
+        inputs = {"added": [], "changed": [], "removed": []}
         for prod in sorted(set(old.get("upstream", {})) | set(self.upstream)):
-            if old.get("upstream", {}).get(prod) != self.upstream.get(prod):
+            before, after = old.get("upstream", {}).get(prod), self.upstream.get(prod)
+            if before == after:
+                continue
+            if not prod.startswith("input:"):
                 reasons.append(f"upstream product {prod} changed")
+            else:
+                inputs["added" if before is None else "removed" if after is None else "changed"].append(prod[6:])
+        for change, files in inputs.items():
+            if files:
+                more = f" and {len(files) - 2} more" if len(files) > 2 else ""
+                reasons.append(f"input {change}: {', '.join(files[:2])}{more}")
         return reasons

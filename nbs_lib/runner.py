@@ -65,6 +65,16 @@ def _selection(spec: PipelineSpec, opts: RunOptions) -> tuple[list[str], set[str
     return list(spec.steps), set(spec.steps) if opts.force else set()
 
 
+def _input_digests(step: StepSpec, ws: Workspace) -> dict[str, str]:
+    """Content digests of the outside files a step reads (its `inputs` globs, relative to the workspace)."""
+    out = {}
+    for pattern in step.inputs:
+        for path in sorted(ws.root.glob(pattern)):
+            if path.is_file():
+                out[f"input:{path.relative_to(ws.root)}"] = path_digest(path)
+    return out
+
+
 def _upstream_digests(spec: PipelineSpec, step: StepSpec, store: PipelineStore) -> dict[str, str] | None:
     """Content digests of the step's upstream products from their manifests; None if one is missing."""
     out = {}
@@ -80,6 +90,7 @@ def _fingerprint(spec, step, store, ws, opts) -> Fingerprint | None:
     digests = _upstream_digests(spec, step, store)
     if digests is None:
         return None
+    digests.update(_input_digests(step, ws))
     lib_root = Path(__file__).resolve().parent
     params = {k: _literal(v) for k, v in step.declared.items() if k not in INJECTED}  # the notebook's defaults
     params.update(spec.step_parameters(step, opts.parameters))
@@ -288,7 +299,8 @@ class _Run:
         return {"pipeline": self.spec.name, "step": step.name, "run_id": self.run_id, "run_dir": str(self.run_dir),
                 "lineage": self.lineage is not None,
                 "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
-                "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger}
+                "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger,
+                "previous": {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}}
 
     def _mlflow_id(self, step: StepSpec | None) -> str | None:
         if not self.lineage:
@@ -381,8 +393,8 @@ def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_
         papermill.execute_notebook(str(step.notebook), str(output), parameters=params, cwd=str(step.notebook.parent),
                                    progress_bar=False, execution_timeout=timeout, **kernel_kwargs)
     except papermill.PapermillExecutionError as exc:
-        raise StepFailed(step.name, f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})", notebook=output,
-                         cell=exc.exec_count, resume=resume) from exc
+        what = exc.evalue if exc.ename == "StepStopped" else f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+        raise StepFailed(step.name, what, notebook=output, cell=exc.exec_count, resume=resume) from exc
     except CellTimeoutError as exc:
         raise StepFailed(step.name, f"timed out after {timeout} s", notebook=output, resume=resume) from exc
     except DeadKernelError as exc:

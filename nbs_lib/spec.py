@@ -18,7 +18,7 @@ from .notebooks import declared_parameters, read_notebook
 __all__ = ["INJECTED", "PipelineSpec", "StepSpec", "load_spec", "find_pipeline"]
 
 INJECTED = ("upstream", "products", "context")  # parameters the runner fills in
-STEP_KEYS = {"notebook", "upstream", "parameters", "products", "timeout", "retries", "description"}
+STEP_KEYS = {"notebook", "upstream", "parameters", "products", "inputs", "timeout", "retries", "description"}
 TOP_KEYS = {"description", "parameters", "steps"}
 
 
@@ -31,6 +31,7 @@ class StepSpec:
     upstream: list[str] = field(default_factory=list)
     parameters: dict = field(default_factory=dict)  # the spec's values; pipeline parameters are merged in
     products: dict[str, str] = field(default_factory=dict)  # product name -> file name in the step's folder
+    inputs: list[str] = field(default_factory=list)  # globs of outside files it reads, relative to the workspace
     timeout: int | None = None  # seconds; None: [pipeline] timeout
     retries: int | None = None  # None: [pipeline] retries
     declared: dict[str, str] = field(default_factory=dict)  # names in the notebook's parameters cell
@@ -143,6 +144,7 @@ def _parse_step(name: str, raw, file: Path) -> StepSpec:
         raise SpecError("'products' and 'parameters' must be mappings", file=file, step=name)
     return StepSpec(name=name, notebook=(file.parent / raw["notebook"]).resolve(), upstream=upstream,
                     parameters=parameters, products={str(k): str(v) for k, v in products.items()},
+                    inputs=[raw["inputs"]] if isinstance(raw.get("inputs"), str) else list(raw.get("inputs") or []),
                     timeout=raw.get("timeout"), retries=raw.get("retries"))
 
 

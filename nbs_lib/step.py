@@ -60,6 +60,16 @@ class Step:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def previous(self, product: str) -> Path | None:
+        """This step's product as the last successful run left it (None if there is none)."""
+        path = (self.context.get("previous") or {}).get(product)
+        return Path(path) if path and Path(path).exists() else None
+
+    @property
+    def workspace(self) -> Path:
+        """The workspace folder this step works in."""
+        return Path(self.context["workspace"])
+
     # records ------------------------------------------------------------------------------------------
     def metric(self, name: str, value: float) -> float:
         """Record a metric; the runner logs it on the step's MLflow run."""
@@ -146,6 +156,7 @@ class Step:
         if self._products is None:
             scratch = ws.root / "scratch" / spec.name / self.name
             self._products = {p: str(scratch / f) for p, f in me.products.items()}
-        self.context = {"tracking_uri": ws.tracking_uri, "pipeline": spec.name}
+        self.context = {"tracking_uri": ws.tracking_uri, "pipeline": spec.name, "workspace": str(ws.root),
+                        "previous": {p: str(store.product_dir(self.name) / f) for p, f in me.products.items()}}
         os.environ.setdefault("MLFLOW_TRACKING_URI", ws.tracking_uri)
         os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", ws.experiment)
