@@ -59,3 +59,39 @@ class StepStopped(NotebenchError):
 
 class KernelError(NotebenchError):
     """The warm kernel pool cannot serve a request: it is closed, or its server refused a launcher."""
+
+
+class FeatureStoreError(NotebenchError):
+    """The feature repo cannot do what was asked: not applied yet, a missing source, a malformed entity frame."""
+
+
+class UnknownEntityError(FeatureStoreError, LookupError):
+    """Online features were asked for entities the online store does not hold; `ids` lists them."""
+
+    def __init__(self, entity: str, ids: list):
+        self.entity, self.ids = entity, list(ids)  # the entity's join key, and the ids it does not know
+        shown = ", ".join(map(repr, self.ids[:10])) + (f" and {len(self.ids) - 10} more" if len(self.ids) > 10 else "")
+        super().__init__(f"no online features for {entity} {shown}: unknown, or not materialized yet")
+
+
+class RegistryError(NotebenchError):
+    """The model registry cannot do what was asked; names the registered model (and version) at fault."""
+
+    def __init__(self, message: str, *, model: str | None = None, version: str | None = None):
+        self.model, self.version = model, version  # the registered model's name and the version concerned
+        where = f"model '{model}'" + (f" version {version}" if version else "") + ": " if model else ""
+        super().__init__(where + message)
+
+
+class ModelNotBlessed(RegistryError):
+    """A version the blessing gate did not pass was asked to become champion without `force`; `reasons` says why."""
+
+    def __init__(self, model: str, version: str, reasons: list[str]):
+        self.reasons = list(reasons)  # the blessing's reasons, as recorded on the version
+        why = "; ".join(self.reasons) or "no blessing recorded"
+        super().__init__(f"not blessed ({why}); promote it anyway with force=True and a reason",
+                         model=model, version=version)
+
+
+class NoPreviousChampion(RegistryError):
+    """A rollback was asked for, but the champion history holds no earlier champion to go back to."""

@@ -171,7 +171,7 @@ class _Run:
             steps={n: {"state": "pending"} for n in selected})
         self._start_lineage()
         if any(p.action != "cached" for p in explain(self.spec, self.ws, self.opts)):
-            self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root)  # imports while the first step starts
+            self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root, self.cfg["parallelism"])
             threading.Thread(target=_import_papermill, daemon=True).start()
         self.progress.start(self.spec, self.run_id, selected)
         failure = self._schedule(selected, forced)
@@ -240,7 +240,7 @@ class _Run:
                                      for p, f in self.spec.steps[u].products.items()} for u in step.upstream}}
         params.update({k: v for k, v in injected.items() if k in step.declared and k in INJECTED})
         timeout = step.timeout or self.cfg["timeout"]
-        _papermill(step, notebook, params, timeout, self._kernel_kwargs(), self._resume_hint(step))
+        _papermill(step, notebook, params, timeout, self._kernel_kwargs(step), self._resume_hint(step))
         missing = [p for p, path in products.items() if not Path(path).exists()]
         if missing:
             raise StepFailed(step.name, f"did not write its declared product(s) {', '.join(missing)} "
@@ -311,8 +311,11 @@ class _Run:
     def _resume_hint(self, step: StepSpec) -> str:
         return f"notebench run {self.spec.name}   (finished steps are cached; it resumes at '{step.name}')"
 
-    def _kernel_kwargs(self) -> dict:
-        return self.pool.papermill_kwargs() if self.pool else {"kernel_name": "notebench"}
+    def _kernel_kwargs(self, step: StepSpec) -> dict:
+        """Where the step's kernel comes from, and its working directory (the notebook's folder)."""
+        if self.pool:
+            return self.pool.papermill_kwargs(cwd=step.notebook.parent)
+        return {"kernel_name": "notebench", "resources": {"metadata": {"path": str(step.notebook.parent)}}}
 
     def _start_lineage(self) -> None:
         if not self.opts.lineage:
@@ -375,13 +378,17 @@ def _import_papermill() -> None:
     import papermill  # noqa: F401
 
 
-def _start_pool(imports: list[str], root: Path):
-    """A warm kernel pool, or None when this machine cannot fork kernels."""
-    try:
-        from .kernels import KernelPool
-    except ImportError:
-        return None
-    return KernelPool(imports, state_dir=root / "kernels").start()
+def _start_pool(imports: list[str], root: Path, parallelism: int):
+    """A warm kernel pool that imports `imports` once, while the first step starts.
+
+    Steps running side by side each get an equal share of the cores for OpenMP and BLAS (OpenMP reads its
+    thread count when the server imports it), unless the user set one.
+    """
+    from .kernels import KernelPool
+
+    threads = str(max(1, (os.cpu_count() or 1) // parallelism))
+    env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k not in os.environ}
+    return KernelPool(imports, state_dir=root / "kernels", server_env=env).start()
 
 
 def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_kwargs: dict, resume: str):
@@ -390,7 +397,7 @@ def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     try:
-        papermill.execute_notebook(str(step.notebook), str(output), parameters=params, cwd=str(step.notebook.parent),
+        papermill.execute_notebook(str(step.notebook), str(output), parameters=params,
                                    progress_bar=False, execution_timeout=timeout, **kernel_kwargs)
     except papermill.PapermillExecutionError as exc:
         what = exc.evalue if exc.ename == "StepStopped" else f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"

@@ -106,7 +106,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "parallelism": _k("int", "2", "steps run at once", minimum=1),
         "timeout": _k("int", "1800", "seconds a step may run before it is stopped", minimum=1),
         "retries": _k("int", "0", "extra attempts for a failed step", minimum=0),
-        "warm_imports": _k("list", "pandas, numpy, sklearn, mlflow", "modules imported before a step starts"),
+        "warm_imports": _k("list", "pandas, numpy, sklearn.ensemble, mlflow",
+                            "modules imported before a step starts"),
     },
     "training": {
         "seed": _k("int", "42", "random seed for splits, models and the tuner"),

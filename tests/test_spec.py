@@ -83,3 +83,12 @@ def test_cli_exits_2_on_a_bad_spec(tmp_path, workspace):
 def test_unknown_pipeline_name_lists_known_ones(workspace):
     proc = notebench("run", "no-such-pipeline")
     assert proc.returncode == 2 and "no pipeline named 'no-such-pipeline'" in proc.stderr
+
+
+def test_every_shipped_pipeline_spec_is_valid():
+    from conftest import ROOT
+
+    specs = sorted((ROOT / "notebooks" / "pipelines").glob("*/pipeline.yaml"))
+    assert specs, "no pipelines shipped"
+    for spec_file in specs:
+        assert load_spec(spec_file).steps  # notebooks exist and declare parameters (tags survive nbdev-clean)
