@@ -178,6 +178,30 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    """Manage the workspace's Feast feature repo: apply the definitions, materialize, show."""
+    import json
+
+    from .featurestore import FeatureRepo
+
+    repo = FeatureRepo()
+    source = Path(args.source) if getattr(args, "source", None) else repo.path / "data" / "snapshots.parquet"
+    if args.action == "apply":
+        changes = repo.apply(source)
+        print(json.dumps(changes or {"registry": "unchanged"}, indent=1))
+    elif args.action == "materialize":
+        loaded = repo.materialize(end=args.end, start=args.start)
+        for view, (begin, end) in loaded.items() or {}:
+            print(f"{view}: {begin} -> {end}")
+        if not loaded:
+            print("nothing new to materialize")
+    else:
+        print(json.dumps(repo.show(), indent=1, default=str))
+    print(f"feature repo: {repo.path}  (the feast CLI works there: cd {repo.path} && feast feature-views list)",
+          file=sys.stderr)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the parser
 
@@ -238,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("pipeline", nargs="?", help="only this pipeline")
     rs.add_argument("-n", "--limit", type=int, default=20, help="how many (default: 20)")
     rs.set_defaults(func=cmd_runs)
+
+    fs = sub.add_parser("features", help="the Feast feature repo in the workspace: apply, materialize, show")
+    fs.add_argument("action", choices=["apply", "materialize", "show"], help="what to do")
+    fs.add_argument("--source", help="apply: parquet of snapshots (default: the one the features step writes)")
+    fs.add_argument("--start", help="materialize: from this time (default: where the last one ended)")
+    fs.add_argument("--end", help="materialize: up to this time (default: the newest snapshot)")
+    fs.set_defaults(func=cmd_features)
 
     sh = sub.add_parser("show", help="show a run: steps, products, executed notebooks")
     sh.add_argument("run", help="run id (a unique prefix is enough)")

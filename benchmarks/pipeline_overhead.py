@@ -1,0 +1,101 @@
+"""A 6-step pipeline (a chain and a fork) through Notebench vs a plain loop of `papermill.execute_notebook`.
+
+Every step imports pandas, scikit-learn and MLflow and does trivial work, so nearly all of the time is
+overhead: kernel start, imports, papermill, bookkeeping. Targets: Notebench's overhead (wall time minus the
+steps' own work) at most 1/4 of the loop's, and a fully cached `notebench run` under 2 s, process start included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from pipeline_kit import make_pipeline  # noqa: E402
+
+BIN = Path(sys.executable).parent
+RESULTS = Path(__file__).parent / "results"
+BODY = """import time, pathlib
+import pandas, sklearn.ensemble, mlflow
+t0 = time.perf_counter()
+frame = pandas.DataFrame({{"x": range(1000)}})
+inputs = [pathlib.Path(step.input(p)).read_text() for p in {reads!r}]
+pathlib.Path(step.output({product!r})).write_text(str(frame.x.sum()) + "".join(inputs))
+work = time.perf_counter() - t0
+pathlib.Path({work_log!r}).open("a").write(f"{{work}}\\n")
+"""
+DAG = {"a": [], "b": ["a"], "c": ["b"], "d": ["a"], "e": ["a"], "f": ["c", "d", "e"]}
+
+
+def build(folder: Path, work_log: Path) -> Path:
+    steps = {}
+    for name, ups in DAG.items():
+        reads = [f"{u}_out" for u in ups]
+        steps[name] = {"body": BODY.format(reads=reads, product=f"{name}_out", work_log=str(work_log)),
+                       "upstream": ups, "products": {f"{name}_out": f"{name}.txt"}}
+    return make_pipeline(folder, steps)
+
+
+def work_seconds(log: Path) -> float:
+    total = sum(float(x) for x in log.read_text().split()) if log.exists() else 0.0
+    log.unlink(missing_ok=True)
+    return total
+
+
+def papermill_loop(folder: Path, out: Path, work_log: Path) -> float:
+    """What a user writes without us: execute each notebook in order, passing paths by hand."""
+    import papermill
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for name, ups in DAG.items():
+        params = {"products": {f"{name}_out": str(out / f"{name}.txt")},
+                  "upstream": {u: {f"{u}_out": str(out / f"{u}.txt")} for u in ups},
+                  "context": {"workspace": str(out), "pipeline": "loop"}}
+        papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(out / f"{name}.out.ipynb"), parameters=params,
+                                   kernel_name="notebench", progress_bar=False, cwd=str(folder))
+    return time.perf_counter() - start
+
+
+def notebench_run(folder: Path, env: dict, *extra: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "notebench"), "run", str(folder), *extra], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        work_log = tmp / "work.log"
+        folder = build(tmp / "bench", work_log).parent
+        env = {**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(tmp / "ws")}
+        loop = papermill_loop(folder, tmp / "loop", work_log)
+        loop_work = work_seconds(work_log)
+        ours = notebench_run(folder, env)
+        our_work = work_seconds(work_log)
+        cached = min(notebench_run(folder, env) for _ in range(3))
+        ours_no_lineage = notebench_run(folder, env, "--force", "--no-lineage")
+        work_seconds(work_log)
+    result = {"papermill_loop_s": loop, "papermill_loop_overhead_s": loop - loop_work,
+              "notebench_s": ours, "notebench_overhead_s": ours - our_work,
+              "notebench_no_lineage_s": ours_no_lineage, "notebench_cached_s": cached,
+              "overhead_ratio": (ours - our_work) / (loop - loop_work)}
+    print(f"papermill loop, 6 notebooks      {loop:6.1f} s   (overhead {loop - loop_work:.1f} s)")
+    print(f"notebench run, cold              {ours:6.1f} s   (overhead {ours - our_work:.1f} s, lineage included)")
+    print(f"notebench run --force, no lineage {ours_no_lineage:5.1f} s")
+    print(f"notebench run, fully cached      {cached:6.2f} s   (process start included)")
+    print(f"overhead ratio {result['overhead_ratio']:.2f} (target <= 0.25); cached target < 2 s")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pipeline_overhead.json").write_text(json.dumps(result, indent=2))
+    return 0 if result["overhead_ratio"] <= 0.25 and cached < 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
