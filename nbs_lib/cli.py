@@ -110,7 +110,7 @@ def cmd_run(args) -> int:
     from .runner import RunOptions, explain, run_pipeline
     from .spec import find_pipeline, load_spec
 
-    opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only,
+    opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only, to_step=args.to_step,
                       parameters=_parse_params(args.param), trigger=args.trigger, wait=args.wait,
                       executor=args.executor, lineage=not args.no_lineage)
     if args.explain:
@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="run every step, cached or not")
     r.add_argument("--from", dest="from_step", metavar="STEP", help="run STEP and everything downstream of it")
     r.add_argument("--only", metavar="STEP", help="run only STEP (its upstream products must exist)")
+    r.add_argument("--to", dest="to_step", metavar="STEP", help="run STEP and the steps it needs, nothing after it")
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
     r.add_argument("--trigger", default="manual", help="what started this run, recorded in lineage (default: manual)")
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")

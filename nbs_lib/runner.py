@@ -37,6 +37,7 @@ class RunOptions:
     force: bool = False  # re-run every step
     from_step: str | None = None  # re-run this step and everything downstream of it
     only: str | None = None  # run only this step (its upstream products must exist)
+    to_step: str | None = None  # run this step and what it depends on, nothing downstream
     parameters: dict = field(default_factory=dict)  # overrides of pipeline and step parameters
     trigger: str = "manual"  # what started the run: manual, schedule, drift, ...
     wait: bool = False  # queue behind a run in progress instead of refusing
@@ -55,14 +56,15 @@ class StepPlan:
 
 def _selection(spec: PipelineSpec, opts: RunOptions) -> tuple[list[str], set[str]]:
     """(steps to consider, in order; steps forced to run) for the options."""
-    for name in (opts.only, opts.from_step):
+    for name in (opts.only, opts.from_step, opts.to_step):
         if name and name not in spec.steps:
             raise NotebenchError(f"{spec.file}: no step named '{name}'; steps: {', '.join(spec.steps)}")
     if opts.only:
         return [opts.only], {opts.only}
+    steps = spec.upstream_of(opts.to_step) if opts.to_step else list(spec.steps)
     if opts.from_step:
-        return list(spec.steps), set(spec.downstream(opts.from_step))
-    return list(spec.steps), set(spec.steps) if opts.force else set()
+        return steps, set(spec.downstream(opts.from_step)) & set(steps)
+    return steps, set(steps) if opts.force else set()
 
 
 def _input_digests(step: StepSpec, ws: Workspace) -> dict[str, str]:

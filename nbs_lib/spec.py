@@ -60,6 +60,14 @@ class PipelineSpec:
                 out.append(step.name)
         return out
 
+    def upstream_of(self, name: str) -> list[str]:
+        """`name` and every step it depends on, in run order."""
+        needed = {name}
+        for step in reversed(list(self.steps.values())):
+            if step.name in needed:
+                needed.update(step.upstream)
+        return [n for n in self.steps if n in needed]
+
     def step_parameters(self, step: StepSpec, overrides: dict | None = None) -> dict:
         """The user parameters a step gets: pipeline parameters it declares, its own, then `overrides`."""
         merged = {k: v for k, v in self.parameters.items() if k in step.declared}
