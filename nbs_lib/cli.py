@@ -86,10 +86,11 @@ def cmd_lab(args, extra: list[str]) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Generate the demo data if the landing area is empty, train one model and log it to MLflow."""
+    """Land the demo data and run the training pipeline twice, showing each verdict."""
     from .demo import run_demo
 
-    return run_demo(_workspace(), days=args.days, customers=args.customers)
+    return run_demo(_workspace(), days=args.days, more_days=args.more_days, customers=args.customers,
+                    trials=args.trials)
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -202,6 +203,59 @@ def cmd_features(args) -> int:
     return 0
 
 
+def _registry():
+    ws = _workspace()
+    return ws, ws.client(), ws.settings.value("registry", "model_name")
+
+
+def cmd_models(args) -> int:
+    """List the registered model's versions: aliases, key metrics, blessed or not."""
+    from .registry import versions
+
+    ws, client, name = _registry()
+    rows = versions(client, name)
+    if not rows:
+        print(f"no versions of {name} yet; train one with `notebench run training`")
+        return 0
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    print(f"{name}  ({ws.registry_uri})")
+    print(f"{'version':>7}  {'aliases':<20} {'blessed':<8} {'auc':>6}  {'created':<20} reasons")
+    for r in rows:
+        blessed = {True: "yes", False: "NO", None: "?"}[r["blessed"]]
+        auc = r["metrics"].get("auc")
+        reasons = "; ".join(r["reasons"])
+        print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {blessed:<8} "
+              f"{auc if auc is None else f'{auc:.3f}':>6}  {(r['created'] or '')[:19]:<20} "
+              f"{reasons[:100] + ('...' if len(reasons) > 100 else '')}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    """Make a version the champion (an unblessed one only with --force and a reason, recorded)."""
+    from .registry import promote
+
+    _, client, name = _registry()
+    event = promote(client, name, args.version, force=args.force, reason=args.reason or "")
+    print(event["why"] if not event.get("changed") else
+          f"{name}: champion is now version {event['version']} (was {event['previous'] or 'none'})"
+          f"{' - FORCED: ' + args.reason if event.get('forced') else ''}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    """Move the champion back to the previous champion, recorded."""
+    from .registry import rollback
+
+    _, client, name = _registry()
+    event = rollback(client, name, reason=args.reason or "")
+    print(f"{name}: champion rolled back to version {event['version']} (was {event['previous']})")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the parser
 
@@ -240,9 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dry-run", action="store_true", help="print the command and environment, start nothing")
     lab.set_defaults(func=cmd_lab, passthrough=True)
 
-    demo = sub.add_parser("demo", help="generate the demo data and train a model into MLflow (what `make demo` runs)")
-    demo.add_argument("--days", type=int, default=45, help="days of demo data to generate if none exist")
-    demo.add_argument("--customers", type=int, default=2000, help="size of the demo customer base")
+    demo = sub.add_parser("demo", help="land demo data, run the training pipeline twice (what `make demo` runs)")
+    demo.add_argument("--days", type=int, default=30, help="days in the first batch (default: 30)")
+    demo.add_argument("--more-days", type=int, default=8, help="days in the second batch (default: 8)")
+    demo.add_argument("--customers", type=int, default=1500, help="size of the demo customer base (default: 1500)")
+    demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="run a pipeline: cached, parallel, recorded in MLflow")
@@ -270,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--start", help="materialize: from this time (default: where the last one ended)")
     fs.add_argument("--end", help="materialize: up to this time (default: the newest snapshot)")
     fs.set_defaults(func=cmd_features)
+
+    m = sub.add_parser("models", help="registered model versions: aliases, metrics, blessing")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(func=cmd_models)
+
+    pr = sub.add_parser("promote", help="make VERSION the champion (refuses an unblessed one unless --force)")
+    pr.add_argument("version", help="model version number")
+    pr.add_argument("--force", action="store_true", help="promote an unblessed version (recorded; needs --reason)")
+    pr.add_argument("--reason", help="why, recorded in the champion history")
+    pr.set_defaults(func=cmd_promote)
+
+    rb = sub.add_parser("rollback", help="move the champion back to the previous champion (recorded)")
+    rb.add_argument("--reason", help="why, recorded in the champion history")
+    rb.set_defaults(func=cmd_rollback)
 
     sh = sub.add_parser("show", help="show a run: steps, products, executed notebooks")
     sh.add_argument("run", help="run id (a unique prefix is enough)")

@@ -1,96 +1,74 @@
-"""`notebench demo`: the demo world's data, one model trained with the exported modules, logged to MLflow.
+"""`notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
 
-Until the training pipeline exists this is the main job that `make demo` runs: it shows the experiment
-notebooks' code working end to end against the workspace's real MLflow store.
+1. Land the first days of the demo world (a later `covariate_shift` is already scheduled in it).
+2. Run the training pipeline: ingest, validate, features, train, evaluate, validate_model, register. The first
+   model has no champion to beat; it is blessed on absolute thresholds and becomes champion.
+3. Land a second batch of days and run the pipeline again: the new model is compared with the champion,
+   overall and per segment, and the verdict is shown with its reasons.
+
+Everything lands in the workspace; a second `notebench demo` finds the data and the cached runs and ends in
+seconds.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .workspace import Workspace
 
-__all__ = ["run_demo", "train_and_log"]
+__all__ = ["run_demo"]
 
 
-@contextmanager
-def _phase(title: str):
-    """Print what is happening and how long it took."""
-    print(f"-> {title} ...", end="", flush=True, file=sys.stderr)
-    start = time.perf_counter()
-    yield
-    print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
+def _say(text: str = "") -> None:
+    print(text, flush=True)
 
 
-def _has_batches(landing: Path) -> bool:
-    return any((landing / "features").glob("*.parquet"))
-
-
-def train_and_log(ws: Workspace, landing: Path, run_name: str = "demo-train") -> dict:
-    """Train the use case's model on the landed data, evaluate it on the holdout and log everything to MLflow."""
-    from .data import FEATURES, TARGET, load_landing, time_split
-    from .evaluation import evaluate, flatten
-    from .model import DEFAULT_PARAMS, make_model
-
-    cfg = ws.settings["training"]
-    with _phase("loading the landed batches"):
-        frame = load_landing(landing)
-        train, holdout = time_split(frame, cfg["holdout_days"])
-    with _phase(f"training on {len(train):,} rows"):
-        params = {**DEFAULT_PARAMS, "random_state": cfg["seed"]}
-        model = make_model(params).fit(train[FEATURES], train[TARGET])
-    with _phase(f"evaluating on {len(holdout):,} holdout rows"):
-        scores = model.predict_proba(holdout[FEATURES])[:, 1]
-        report = evaluate(holdout[TARGET], scores, holdout, segments=cfg["segments"])
-    with _phase("logging the run and the model to MLflow"):
-        run_id, model_uri = _log(ws, run_name, params, frame, train, report, flatten(report), model)
-    return {"run_id": run_id, "model_uri": model_uri, "report": report}
-
-
-def _log(ws: Workspace, run_name, params, frame, train, report, metrics, model):
-    import mlflow
-
-    from .data import FEATURES, TIMESTAMP
-    from .tracking import lineage_tags, log_sklearn_model
-
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    mlflow.set_registry_uri(ws.registry_uri)
-    client = ws.client()
-    run = client.create_run(ws.experiment_id(client), run_name=run_name,
-                            tags=lineage_tags(ws.settings.root, trigger="notebench demo"))
-    run_id = run.info.run_id
-    for key, value in params.items():
-        client.log_param(run_id, key, value)
-    client.log_param(run_id, "train_rows", len(train))
-    client.log_param(run_id, "train_until", str(train[TIMESTAMP].max()))
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-    client.log_dict(run_id, report, "evaluation/report.json")
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_input(mlflow.data.from_pandas(frame, name="landing"), context="training")
-    info = log_sklearn_model(run_id, model, train[FEATURES].head(5))
-    client.set_terminated(run_id, "FINISHED")
-    return run_id, info.model_uri
-
-
-def run_demo(ws: Workspace, days: int = 45, customers: int = 2000) -> int:
-    """Land the demo data when there is none, train and log one model, and say where to look."""
+def _land(ws: Workspace, start_day: int, days: int, customers: int, shift_day: int) -> None:
+    """Write the demo world's days [start_day, start_day + days) into the landing area (identical if rerun)."""
     from .demo_data import generate
 
-    landing = ws.landing
-    if _has_batches(landing):
-        print(f"-> landing area {landing} already holds batches; using them", file=sys.stderr)
-    else:
-        with _phase(f"generating {days} days x {customers:,} customers of demo data into {landing}"):
-            generate(landing, scenario="stable", days=days, customers=customers,
-                     seed=ws.settings.value("training", "seed"))
-    result = train_and_log(ws, landing)
-    overall = result["report"]["overall"]
-    print(f"\nModel trained: holdout ROC AUC {overall['auc']:.3f}, accuracy {overall['accuracy']:.3f}")
-    print(f"MLflow run:    {result['run_id']}")
-    print(f"Model:         {result['model_uri']}")
-    print(f"Look at it:    .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri}")
+    generate(ws.landing, scenario="covariate_shift", days=days, start_day=start_day, customers=customers,
+             seed=ws.settings.value("training", "seed"), shift_day=shift_day)
+
+
+def _products(ws: Workspace, step: str) -> Path:
+    return ws.root / "pipelines" / "training" / "products" / step
+
+
+def _verdict(ws: Workspace) -> None:
+    """Print the blessing and what the registry did with the model."""
+    reg = json.loads((_products(ws, "register") / "registration.json").read_text())
+    blessing = json.loads((_products(ws, "validate_model") / "blessing.json").read_text())
+    _say(f"   model version {reg.get('version')}: {'BLESSED' if blessing['blessed'] else 'NOT blessed'}")
+    for reason in blessing["reasons"]:
+        _say(f"     - {reason}")
+    promoted = reg.get("promoted")
+    _say(f"   registry: aliases {', '.join(reg.get('aliases') or []) or 'none'}; "
+         f"{'promoted to champion' if promoted else 'champion unchanged'}"
+         f"{' (' + reg['why'] + ')' if reg.get('why') else ''}")
+
+
+def run_demo(ws: Workspace, days: int = 30, more_days: int = 8, customers: int = 1500, trials: int = 10) -> int:
+    """Land the demo data, train twice through the pipeline, show the verdicts and where to look."""
+    from .runner import RunOptions, run_pipeline
+
+    shift_day = days + more_days  # the covariate shift starts after what this demo trains on
+    params = {"n_trials": trials}
+    _say(f"1. Landing days 0-{days - 1} of the demo world ({customers:,} customers) in {ws.landing}")
+    _land(ws, 0, days, customers, shift_day)
+    _say("2. Training pipeline on the first batch")
+    run_pipeline("training", RunOptions(parameters=params, trigger="demo: first batch"), workspace=ws)
+    _verdict(ws)
+    _say(f"\n3. Landing days {days}-{days + more_days - 1}, then the training pipeline again")
+    _land(ws, days, more_days, customers, shift_day)
+    run_pipeline("training", RunOptions(parameters=params, trigger="demo: second batch"), workspace=ws)
+    _verdict(ws)
+    _say("\nWhere to look:")
+    _say("   notebench models                  the registry: versions, aliases, blessing")
+    _say("   notebench runs / notebench show RUN   pipeline runs, steps, executed notebooks")
+    _say(f"   .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri}")
+    _say(f"   .venv/bin/optuna-dashboard sqlite:///{ws.root / 'optuna.db'}")
+    sys.stdout.flush()
     return 0

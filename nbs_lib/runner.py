@@ -315,8 +315,8 @@ class _Run:
 
     def _kernel_kwargs(self, step: StepSpec) -> dict:
         """Where the step's kernel comes from, and its working directory (the notebook's folder)."""
-        if self.pool:
-            return self.pool.papermill_kwargs(cwd=step.notebook.parent)
+        if self.pool:  # MLflow's defaults in the kernel (and its subprocesses) point at this workspace
+            return self.pool.papermill_kwargs(cwd=step.notebook.parent, env=self.ws.mlflow_env())
         return {"kernel_name": "notebench", "resources": {"metadata": {"path": str(step.notebook.parent)}}}
 
     def _start_lineage(self) -> None:
