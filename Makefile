@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.notebench-installed
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help install demo test check unit kernel clean
+.PHONY: help install demo test check unit smoke clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,7 +37,10 @@ check: $(STAMP)  ## ci/check: library in sync with the notebooks, notebooks clea
 unit: $(STAMP)  ## ci/test: notebook lessons (nbdev-test) and pytest
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/test
 
-test: check unit  ## everything CI runs
+smoke: $(STAMP)  ## ci/smoke: every pipeline on a small sample in a temporary workspace
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/smoke
+
+test: check unit smoke  ## everything CI runs
 
 clean:  ## remove the venv and the workspace (all runtime state)
 	rm -rf $(VENV) .tools .notebench
