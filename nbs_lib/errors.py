@@ -95,3 +95,32 @@ class ModelNotBlessed(RegistryError):
 
 class NoPreviousChampion(RegistryError):
     """A rollback was asked for, but the champion history holds no earlier champion to go back to."""
+
+
+class ServingError(NotebenchError):
+    """The prediction service cannot do what was asked: no model to serve, or one it cannot load or serve."""
+
+
+class ModelLoadError(ServingError):
+    """A registered model version (or model URI) cannot be found, loaded or served; names what was asked for."""
+
+    def __init__(self, message: str, *, model: str | None = None, alias: str | None = None,
+                 version: str | None = None):
+        self.model, self.alias, self.version = model, alias, version  # the registered model, alias, version asked for
+        where = f"model '{model}'" if model else ""
+        where += f"@{alias}" if alias and model else ""
+        where += f" version {version}" if version and model else ""
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class InvalidInputError(ServingError, ValueError):
+    """A prediction request does not match the model's signature; `problems` holds one readable line per fault."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)  # what is wrong, one per line
+        shown = self.problems[:20] + ([f"... and {len(self.problems) - 20} more"] if len(self.problems) > 20 else [])
+        super().__init__("; ".join(shown))
+
+
+class MalformedRequestError(InvalidInputError):
+    """A prediction request's body cannot be read at all: not JSON or CSV, or not one of the accepted formats."""
