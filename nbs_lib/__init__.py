@@ -3,19 +3,24 @@
 Modules:
 
 - `nbs_lib.data`: The use case's data contract: its columns, the schema every feature batch must match, loading the landing area, and a time-based split.
-- `nbs_lib.demo`: `notebench demo`: the demo world's data, one model trained with the exported modules, logged to MLflow.
+- `nbs_lib.demo`: `notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
 - `nbs_lib.demo_data`: A deterministic subscription-churn world: a fixed customer base, daily feature snapshots, delayed labels, and scenarios that break things the way real data does.
+- `nbs_lib.drift`: Reference profiles and drift: per-feature statistics computed once, then compared with any new window.
 - `nbs_lib.evaluation`: Holdout metrics for a model's probabilities, overall and per segment, as plain dicts and as MLflow metric names.
 - `nbs_lib.executors`: Executors run ready steps; they plug in through a registry, so a Dask executor needs no runner change.
 - `nbs_lib.features`: Derived features, computed by the same code in training and in serving.
+- `nbs_lib.featurestore`: The feature store: a Feast repo inside the workspace, one definition shared by training and serving.
 - `nbs_lib.fingerprint`: Content fingerprints of steps: what a step's result depends on, and which part of it changed.
 - `nbs_lib.kernels`: Warm Jupyter kernels: each one forked from a server that has already imported the heavy libraries.
+- `nbs_lib.landing`: The landing area and its ledger: which batches arrived, which were already taken, and what changed.
 - `nbs_lib.lineage`: Lineage in MLflow, written by a sidecar process so that the runner never waits for `import mlflow`.
 - `nbs_lib.model`: The churn model as one scikit-learn pipeline from raw features to a probability, and the search space the tuner explores.
+- `nbs_lib.registry`: The model registry: blessing gates, versions with lineage, aliases, promotion with a durable history, rollback.
 - `nbs_lib.runner`: The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
 - `nbs_lib.settings`: settings.ini: the schema of every key, the loader with environment overrides, and where each value came from.
 - `nbs_lib.spec`: pipeline.yaml: a pipeline's steps, their notebooks, upstream steps, parameters and products — and its checks.
 - `nbs_lib.step`: The step API: how a step notebook reads its inputs, writes its products and records metrics and verdicts.
-- `nbs_lib.store`: Where a pipeline keeps its state in the workspace: products and their manifests, run records, the lock."""
+- `nbs_lib.store`: Where a pipeline keeps its state in the workspace: products and their manifests, run records, the lock.
+- `nbs_lib.validation`: The data validation gate, as TFX's ExampleValidator does it: schema anomalies stop, value skew is recorded."""
 
 __version__ = "0.1.0"
