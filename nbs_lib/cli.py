@@ -113,7 +113,7 @@ def cmd_run(args) -> int:
 
     opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only, to_step=args.to_step,
                       parameters=_parse_params(args.param), trigger=args.trigger, wait=args.wait,
-                      executor=args.executor, lineage=not args.no_lineage)
+                      executor=args.executor, lineage=not args.no_lineage, wait_lineage=args.wait_lineage)
     if args.explain:
         ws = _workspace()
         spec = load_spec(find_pipeline(args.pipeline, ws.settings.root))
@@ -313,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
     r.add_argument("--executor", default="local", help="step executor (default: local)")
     r.add_argument("--no-lineage", action="store_true", help="do not record the run in MLflow")
+    r.add_argument("--wait-lineage", action="store_true",
+                   help="return only once MLflow holds the whole record (by default its last writes finish in the "
+                        "background, in a few seconds)")
     r.set_defaults(func=cmd_run)
 
     rs = sub.add_parser("runs", help="list recent pipeline runs")

@@ -124,3 +124,13 @@ class InvalidInputError(ServingError, ValueError):
 
 class MalformedRequestError(InvalidInputError):
     """A prediction request's body cannot be read at all: not JSON or CSV, or not one of the accepted formats."""
+
+
+class NoFeatureRepoError(UnknownEntityError):
+    """Entities were asked for, but the workspace has no feature repo, so no entity is known; `path` is its folder."""
+
+    def __init__(self, entity: str, ids: list, path):
+        super().__init__(entity, ids)
+        self.path = path  # the feature repo folder that does not exist
+        self.args = (f"no online features for any {entity}: this workspace has no feature repo at {path}; apply and "
+                     "materialize one, or send full feature records instead",)

@@ -4,9 +4,10 @@ The runner starts `python -m nbs_lib.lineage` at the beginning of a run and send
 (pipeline started, step started, step ended, pipeline ended). The sidecar imports MLflow while the first steps
 start, creates a parent run per pipeline run and a child run per step, logs tags, parameters, metrics, the
 executed notebooks (ipynb and HTML) and pointers to every product. It answers only when the runner needs an
-MLflow run id (a step notebook logs into its own child run). When every step was cached the runner does not
-wait: the sidecar finishes on its own. If the runner dies, the sidecar sees its input close and ends the
-pipeline run as FAILED, saying so.
+MLflow run id (a step notebook logs into its own child run). At the end of a run the runner does not wait
+(unless asked to): the sidecar finishes its last writes on its own and then writes `lineage.json` in the run's
+folder, which is how `notebench show` and tests know the record is complete. If the runner dies, the sidecar
+sees its input close and ends the pipeline run as FAILED, saying so.
 """
 
 from __future__ import annotations

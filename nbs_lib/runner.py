@@ -43,6 +43,7 @@ class RunOptions:
     wait: bool = False  # queue behind a run in progress instead of refusing
     executor: str = "local"  # a registered executor
     lineage: bool = True  # record the run in MLflow
+    wait_lineage: bool = False  # return only when MLflow has the whole record (else it is finished in background)
 
 
 @dataclass
@@ -278,8 +279,7 @@ class _Run:
                                "end_ms": now_ms(), "tags": {"notebench.state": self.record["state"]},
                                "metrics": {"duration_s": self.record["ended"] - self.record["started"],
                                            "steps_cached": cached}})
-            everything_cached = cached == len(self.record["steps"])
-            self.lineage.close(wait=not everything_cached)
+            self.lineage.close(wait=self.opts.wait_lineage)
         if self.pool:
             self.pool.close()
         self.progress.end(self.record)

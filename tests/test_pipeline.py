@@ -85,7 +85,7 @@ def test_failed_step_keeps_notebook_fails_the_run_and_resumes(workspace, tmp_pat
             f"if not pathlib.Path({str(flag)!r}).exists():\n    raise ValueError('broken on purpose')\n"
             "pathlib.Path(step.output('y')).write_text('2')")},
     })
-    proc = notebench("run", str(spec))
+    proc = notebench("run", str(spec), "--wait-lineage")
     assert proc.returncode == 1
     assert "ValueError: broken on purpose" in proc.stderr and "resume with" in proc.stderr
     record = last_run(workspace, "ff")
@@ -106,7 +106,7 @@ def test_failed_step_keeps_notebook_fails_the_run_and_resumes(workspace, tmp_pat
 
 
 def test_lineage_parent_and_child_runs(workspace, forkjoin):
-    notebench("run", str(forkjoin), "--trigger", "schedule", check=True)
+    notebench("run", str(forkjoin), "--trigger", "schedule", "--wait-lineage", check=True)
     run_dir = sorted((workspace / "pipelines/fj/runs").glob("*"))[-1]
     ids = json.loads((run_dir / "lineage.json").read_text())["mlflow_runs"]
     from mlflow import MlflowClient
