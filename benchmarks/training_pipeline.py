@@ -46,9 +46,10 @@ def main() -> int:
         rows = json.loads(Path(tmp, "pipelines/training/products/features/feature_view.json").read_text())
         training_rows = len(__import__("pandas").read_parquet(
             Path(tmp, "pipelines/training/products/features/training_set.parquet")))
+        own_work = {name: cell_seconds(run_dir / f"{name}.ipynb") for name in record["steps"]}
     steps, own_total = {}, 0.0
     for name, s in record["steps"].items():
-        own = cell_seconds(run_dir / f"{name}.ipynb")
+        own = own_work[name]
         own_total += own
         steps[name] = {"wall_s": s["duration"], "own_work_s": own, "outside_s": s["duration"] - own}
         print(f"{name:<16} {s['duration']:7.1f} s   own work {own:7.1f} s   outside {s['duration'] - own:5.1f} s")
