@@ -7,23 +7,25 @@ in its own kernel process, so threads only wait.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "get_executor", "register_executor", "wait_any"]
 
 
-class Executor:
-    """What the runner needs of an executor."""
+class Executor(ABC):
+    """What the runner needs of an executor: `submit` a step, `shutdown` when the run ends."""
 
     def __init__(self, parallelism: int):
         self.parallelism = parallelism  # steps running at once
 
+    @abstractmethod
     def submit(self, fn: Callable, *args) -> Future:
-        raise NotImplementedError
+        """Start `fn(*args)`; return a future of its result."""
 
-    def shutdown(self) -> None:
-        pass
+    def shutdown(self) -> None:  # noqa: B027 - an executor without resources needs no shutdown
+        """Release the executor's workers once every submitted step finished."""
 
 
 class LocalExecutor(Executor):

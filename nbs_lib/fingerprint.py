@@ -8,8 +8,10 @@ markdown do not count, so re-running or re-documenting a notebook does not inval
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,14 @@ __all__ = ["Fingerprint", "file_digest", "module_digests", "path_digest"]
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes."""
+    """sha256 of a file's bytes, remembered while its size and modification time stay the same."""
+    stat = os.stat(path)
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns, chunk)
+
+
+@functools.lru_cache(maxsize=65536)
+def _digest(path: str, size: int, mtime_ns: int, chunk: int) -> str:
+    """sha256 of a file's bytes; `size` and `mtime_ns` make a changed file a new cache entry."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

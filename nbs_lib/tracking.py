@@ -1,18 +1,13 @@
-"""MLflow helpers shared by the demo, the pipeline steps and the CLI: lineage tags and logging a model fast."""
+"""MLflow helpers for the pipeline steps: logging a scikit-learn model fast and loadably."""
 
 from __future__ import annotations
 
-import getpass
 import importlib.metadata as md
 import logging
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
-from . import __version__
-from .workspace import git_info
-
-__all__ = ["lineage_tags", "log_sklearn_model", "pip_requirements", "skops_trusted_types"]
+__all__ = ["log_sklearn_model", "pip_requirements", "skops_trusted_types"]
 
 # what a logged scikit-learn model needs to load; pinned to this environment's versions
 MODEL_PACKAGES = ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")
@@ -21,13 +16,6 @@ MODEL_PACKAGES = ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")
 def pip_requirements(packages=MODEL_PACKAGES) -> list[str]:
     """`name==version` for each of `packages` as installed here (skips MLflow's ~15 s inference)."""
     return [f"{name}=={md.version(name)}" for name in packages]
-
-
-def lineage_tags(root: Path, trigger: str = "manual") -> dict[str, str]:
-    """Tags that say which code made a run: git commit and dirty flag, package version, who, what triggered it."""
-    git = git_info(root)
-    return {"mlflow.source.git.commit": git["commit"], "notebench.git.dirty": git["dirty"],
-            "notebench.version": __version__, "mlflow.user": getpass.getuser(), "notebench.trigger": trigger}
 
 
 def skops_trusted_types(model) -> list[str]:
