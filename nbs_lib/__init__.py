@@ -17,6 +17,18 @@ Modules:
 - `nbs_lib.model`: The churn model as one scikit-learn pipeline from raw features to a probability, and the search space the tuner explores.
 - `nbs_lib.registry`: The model registry: blessing gates, versions with lineage, aliases, promotion with a durable history, rollback.
 - `nbs_lib.runner`: The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
+- `nbs_lib.serving.app`: The app factory: `create_app(workspace, ...)` builds the FastAPI app; its lifespan loads the model.
+- `nbs_lib.serving.batching`: Micro-batching: concurrent requests predicted together by one worker thread.
+- `nbs_lib.serving.config`: The prediction service's configuration: `[serving]` settings with defaults, and explicit overrides.
+- `nbs_lib.serving.formats`: MLflow's scoring formats: a request body as `mlflow models serve` accepts it, parsed into a checked `Batch`.
+- `nbs_lib.serving.metrics`: Prometheus metrics, hand-written: counters, gauges read at scrape time, histograms, and the text format.
+- `nbs_lib.serving.middleware`: One pure ASGI middleware around every request: body size limit, timing and metrics, `X-Model-Version`.
+- `nbs_lib.serving.models`: The served model: loading a registry version, and the holder whose single reference swap is the hot swap.
+- `nbs_lib.serving.predlog`: The prediction log: every prediction and every piece of delayed ground truth, written off the request path.
+- `nbs_lib.serving.routes`: The HTTP API: predictions (MLflow-compatible `/invocations`, `/predict`), feedback, health, metrics, the model.
+- `nbs_lib.serving.schema`: The model's input contract, read from its MLflow signature, and the checks that turn request values into columns.
+- `nbs_lib.serving.server`: `serve(...)`: the prediction service under uvicorn, one worker, bound to 127.0.0.1 unless told otherwise.
+- `nbs_lib.serving.service`: The running service: the model holder, the micro-batcher, the prediction log, the alias watcher, the metrics.
 - `nbs_lib.settings`: settings.ini: the schema of every key, the loader with environment overrides, and where each value came from.
 - `nbs_lib.spec`: pipeline.yaml: a pipeline's steps, their notebooks, upstream steps, parameters and products — and its checks.
 - `nbs_lib.step`: The step API: how a step notebook reads its inputs, writes its products and records metrics and verdicts.

@@ -260,6 +260,13 @@ def cmd_rollback(args) -> int:
 # the parser
 
 
+# Subcommands that live beside the machinery they drive: each module has `add_commands(sub)` and imports
+# nothing heavy at module level, so that `notebench --help` stays instant.
+COMMAND_MODULES = (
+    "nbs_lib.serving.commands",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="notebench",
@@ -348,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("run", help="run id (a unique prefix is enough)")
     sh.add_argument("--json", action="store_true", help="print the run record as JSON")
     sh.set_defaults(func=cmd_show)
+
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return p
 
 
