@@ -1,4 +1,8 @@
-"""Feast retrieval: point-in-time joins on the DuckDB offline store vs Feast's file (Dask) store, and online reads.
+"""Feast retrieval: point-in-time joins on Notebench's offline store vs Feast's DuckDB and file (Dask) stores.
+
+Notebench's repo is Feast with `nbs_lib.feast_offline.AsofDuckDBOfflineStore` (Feast's DuckDB store whose
+point-in-time join is a DuckDB ASOF JOIN); `duckdb` and `file` are Feast's own stores as a user would configure
+them; `asof` is the floor: the same join written by hand, without Feast.
 
 The data is synthetic (numpy): `--entities` customers with one snapshot a day for `--days` days, carrying the
 use case's 14 features (`nbs_lib.data.FEATURES`, same dtypes), written as parquet in a temporary folder. Entity
@@ -75,23 +79,28 @@ def make_entity_frame(snapshots, rows: int, seed: int):
 # children
 
 
+PLAIN_STORES = {"duckdb": "duckdb", "file": "file"}  # Feast's own offline stores, as a user would configure them
+
+
 def repo_for(store: str, folder: Path, source: Path):
-    """A FeatureRepo (DuckDB) or a plain feast.FeatureStore on the file (Dask) offline store, applied."""
-    if store != "file":
+    """`notebench`: the workspace's FeatureRepo (Feast with the ASOF offline store); else a plain
+    feast.FeatureStore on Feast's own DuckDB or file (Dask) offline store; applied."""
+    if store == "notebench":
         from nbs_lib.featurestore import FeatureRepo
 
-        repo = FeatureRepo(path=folder / "repo_duckdb")
+        repo = FeatureRepo(path=folder / "repo_notebench")
         repo.apply(source)
         return repo
     from feast import FeatureStore
 
     from nbs_lib.features import feast_definitions
 
-    path = folder / "repo_file"
+    path = folder / f"repo_{store}"
     (path / "data").mkdir(parents=True, exist_ok=True)
     (path / "feature_store.yaml").write_text(
-        f"project: bench\nprovider: local\nregistry: {path / 'data/registry.db'}\noffline_store:\n  type: file\n"
-        f"online_store:\n  type: sqlite\n  path: {path / 'data/online.db'}\nentity_key_serialization_version: 3\n")
+        f"project: bench\nprovider: local\nregistry: {path / 'data/registry.db'}\noffline_store:\n"
+        f"  type: {PLAIN_STORES[store]}\nonline_store:\n  type: sqlite\n  path: {path / 'data/online.db'}\n"
+        "entity_key_serialization_version: 3\n")
     fs = FeatureStore(repo_path=str(path))
     fs.apply(feast_definitions(str(source), 30))
     return fs
@@ -107,17 +116,15 @@ def child_retrieve(store: str, folder: Path, rows: int) -> dict:
 
     warnings.simplefilter("ignore")
     entity_df = pd.read_parquet(folder / f"entities_{rows}.parquet")
-    repo = None if store == "asof" else repo_for(store if store == "file" else "duckdb", folder,
-                                                  folder / "snapshots.parquet")
+    repo = None if store == "asof" else repo_for(store, folder, folder / "snapshots.parquet")
     baseline, cpu = rss_mb(), cpu_s()
     start = time.perf_counter()
-    if store == "notebench":  # FeatureRepo.historical: Feast's DuckDB join in chunks, row order, training dtypes
+    if store == "notebench":  # FeatureRepo.historical: Feast's API on the ASOF store, row order, training dtypes
         out = repo.historical(entity_df)
     elif store == "asof":  # reference, not Feast: the same join as one DuckDB ASOF JOIN
         out = asof_join(entity_df, folder / "snapshots.parquet", ttl_days=30)
     else:
-        fs = repo.store if store == "duckdb" else repo
-        out = fs.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
+        out = repo.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
     wall, cpu = time.perf_counter() - start, cpu_s() - cpu
     feature = feature_refs()[0].split(":")[1]
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "baseline_rss_mb": round(baseline), "rows_out": len(out),
@@ -149,7 +156,7 @@ def child_online(folder: Path, calls: int) -> dict:
     from nbs_lib.features import feature_refs
 
     warnings.simplefilter("ignore")
-    repo = repo_for("duckdb", folder, folder / "snapshots.parquet")
+    repo = repo_for("notebench", folder, folder / "snapshots.parquet")
     repo.materialize()
     entities = json.loads((folder / "meta.json").read_text())["entities"]
     refs, fs, rng = feature_refs(), repo.store, random.Random(0)
@@ -232,8 +239,9 @@ def main() -> int:
     p.add_argument("--days", type=int, default=200, help="daily snapshots per customer (default 200)")
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="entity-frame sizes")
     p.add_argument("--stores", nargs="+", default=["duckdb", "notebench", "file", "asof"],
-                   help="duckdb: Feast on DuckDB; notebench: FeatureRepo.historical (Feast on DuckDB, chunked); "
-                        "file: Feast's file (Dask) store; asof: reference without Feast, a DuckDB ASOF JOIN")
+                   help="duckdb: Feast's own DuckDB store; notebench: FeatureRepo.historical (Feast's API on "
+                        "Notebench's ASOF DuckDB store); file: Feast's file (Dask) store; asof: floor without Feast, "
+                        "one hand-written DuckDB ASOF JOIN")
     p.add_argument("--calls", type=int, default=1000, help="online reads per method (default 1000)")
     p.add_argument("--timeout", type=float, default=600, help="seconds a retrieval may take (default 600)")
     p.add_argument("--memory-limit-gb", type=float, default=8, help="RSS a retrieval may reach (default 8)")

@@ -9,7 +9,8 @@ This module manages the repo and knows nothing about the use case: the Feast obj
 timestamp columns from `nbs_lib.data`. The repo it writes is an ordinary Feast repo, so `feast` works in it:
 
     <workspace>/feature_repo/
-        feature_store.yaml     project, provider local, DuckDB offline store, SQLite online store, registry
+        feature_store.yaml     project, provider local, DuckDB offline store (point-in-time joins as DuckDB
+                               ASOF joins: `nbs_lib.feast_offline`), SQLite online store, registry
         definitions.py         builds the objects from nbs_lib (rewritten by every `apply`)
         .feastignore           keeps `feast` from importing anything else
         data/registry.db       Feast's registry
@@ -47,7 +48,7 @@ project: {project}
 provider: local
 registry: {registry}
 offline_store:
-  type: duckdb
+  type: nbs_lib.feast_offline.AsofDuckDBOfflineStore
 online_store:
   type: sqlite
   path: {online}
@@ -74,7 +75,7 @@ _FEASTIGNORE = "# only definitions.py holds Feast objects\ndata/\n__pycache__/\n
 class FeatureRepo:
     """The Feast repo at `<workspace>/feature_repo`: written and applied, materialized, read offline and online."""
 
-    chunk_rows = 200_000  # distinct (entity, time) rows per Feast join: bounds `historical`'s memory
+    chunk_rows = 2_000_000  # distinct (entity, time) rows per Feast join: bounds `historical`'s memory
 
     def __init__(self, workspace: Workspace | None = None, path: Path | str | None = None):
         self.workspace = workspace or Workspace()  # settings come from its [features] section
@@ -181,8 +182,8 @@ class FeatureRepo:
         """`entity_df` (entity, timestamp, labels...) with the features valid at each row's time, in model order.
 
         Rows, index and extra columns of `entity_df` are kept as they are. Feast joins each distinct (entity, time)
-        once, `chunk_rows` at a time: its join holds every snapshot within the ttl of every row, so memory grows
-        with rows x snapshots per ttl, and labels are left out of it."""
+        once, `chunk_rows` at a time, labels left out. With the repo's ASOF store the join's memory grows with the
+        rows; with Feast's own DuckDB store (a repo written before) it grows with rows x snapshots per ttl."""
         refs = features.feature_refs()
         names = [ref.split(":", 1)[1] for ref in refs]
         missing = [c for c in (data.ENTITY, data.TIMESTAMP) if c not in entity_df.columns]
@@ -234,7 +235,7 @@ class FeatureRepo:
     def show(self) -> dict[str, Any]:
         """What the repo holds: entities, views with their features and materialized intervals, and its stores."""
         info: dict[str, Any] = {"repo": str(self.path), "project": self.project, "applied": False,
-                                "registry": str(self.registry_path), "offline_store": "duckdb",
+                                "registry": str(self.registry_path), "offline_store": "duckdb (ASOF joins)",
                                 "online_store": f"sqlite {self.online_path}"}
         if not self.registry_path.is_file():
             return info
