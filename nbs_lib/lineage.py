@@ -12,6 +12,7 @@ sees its input close and ends the pipeline run as FAILED, saying so.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -181,13 +182,20 @@ class _Recorder:
                          "tags": {"notebench.error": "the runner stopped before the run ended"}})
 
 
+@functools.cache
+def _html_exporter():
+    """One exporter per sidecar: building one loads and compiles its templates (a few hundred ms)."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter()
+
+
 def _to_html(notebook: Path) -> Path | None:
     """Render an executed notebook to HTML beside it (the lineage's human-readable copy)."""
     try:
         import nbformat
-        from nbconvert import HTMLExporter
 
-        body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+        body, _ = _html_exporter().from_notebook_node(nbformat.read(notebook, as_version=4))
         out = notebook.with_suffix(".html")
         out.write_text(body, encoding="utf-8")
         return out
