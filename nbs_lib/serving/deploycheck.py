@@ -486,79 +486,120 @@ def deploy_check(workspace=None, version: str | None = None, *, alias: str | Non
     return {**report.as_dict(), "run_id": run_id}
 
 
+@dataclass
+class _Checking:
+    """What the steps of one deploy-check share."""
+
+    ws: object  # the Workspace
+    client: object  # its MlflowClient
+    report: Report
+    out: Callable[[str], None]
+    servers: list = field(default_factory=list)  # everything started, stopped at the end whatever happens
+    candidate: Server | None = None
+    reference: Server | None = None  # the champion, when there is one to compare with
+
+    def finding(self, name: str, passed: bool | None, detail: str, lines: list[str] | None = None) -> None:
+        self.report.findings.append(Finding(name, passed, detail, lines or []))
+
+
 def _run_checks(ws, client, report: Report, env: dict, servers: list, requests: int, concurrency: int,
                 max_p99_ms: float, sample: int, out: Callable[[str], None]) -> None:
-    """Steps 2-5, appending their findings to `report`; `servers` collects what must be stopped."""
-    name, version, champion = report.model, report.version, report.champion
+    """Steps 1-4, appending their findings to `report`; `servers` collects what must be stopped."""
+    run = _Checking(ws, client, report, out, servers)
+    _start_servers(run, env)
+    example = _read_example(run)
+    recorded, source = _recorded(ws, client, report.model, sample)
+    if not _wait_for_servers(run):
+        return
+    examples = _check_example(run, example)
+    _check_recorded(run, recorded, source)
+    _check_load(run, _single_rows(recorded + examples), requests, concurrency, max_p99_ms)
+
+
+def _start_servers(run: _Checking, env: dict) -> None:
+    """The candidate (logging into the throwaway workspace) and the champion, starting side by side."""
+    name, version, champion = run.report.model, run.report.version, run.report.champion
     compare_with = champion if champion and champion != version else None
-    out(f"[1/6] starting version {version}" + (f" and the champion, version {compare_with}," if compare_with else "")
-        + " in fresh processes ...")
-    cwd = ws.settings.root
-    candidate = Server("candidate", f"models:/{name}/{version}", report.folder, env, cwd, log_predictions=True)
-    servers.append(candidate)
-    reference = None
+    run.out(f"[1/6] starting version {version}" + (f" and the champion, version {compare_with}," if compare_with
+                                                   else "") + " in fresh processes ...")
+    cwd, folder = run.ws.settings.root, run.report.folder
+    run.candidate = Server("candidate", f"models:/{name}/{version}", folder, env, cwd, log_predictions=True)
+    run.servers.append(run.candidate)
     if compare_with:
-        reference = Server("champion", f"models:/{name}/{compare_with}", report.folder, env, cwd,
-                           log_predictions=False)
-        servers.append(reference)
+        run.reference = Server("champion", f"models:/{name}/{compare_with}", folder, env, cwd, log_predictions=False)
+        run.servers.append(run.reference)
+
+
+def _read_example(run: _Checking):
+    """The candidate's input example (None, with a finding, when it cannot be read)."""
     try:
-        example = _example(*_mlflow_model(client, name, version, ws.tracking_uri))
+        return _example(*_mlflow_model(run.client, run.report.model, run.report.version, run.ws.tracking_uri))
     except Exception as exc:  # MLflow, a missing artifact: reported, the other checks still run
-        example = None
-        report.findings.append(Finding("model", False, f"cannot read the version's MLmodel: {exc}"))
-    recorded, source = _recorded(ws, client, name, sample)
+        run.finding("model", False, f"cannot read the version's MLmodel: {exc}")
+        return None
+
+
+def _wait_for_servers(run: _Checking) -> bool:
+    """Wait for both servers; False when the candidate cannot serve (a champion that cannot only skips comparing)."""
     try:
-        seconds = candidate.wait_ready()
+        seconds = run.candidate.wait_ready()
     except RuntimeError as exc:
-        report.findings.append(Finding("start", False, str(exc)))
-        out(f"      {exc}")
-        return
-    report.findings.append(Finding("start", True, f"version {version} ready in {seconds:.1f} s at {candidate.url}"))
-    out(f"      candidate ready in {seconds:.1f} s")
-    if reference is not None:
+        run.finding("start", False, str(exc))
+        run.out(f"      {exc}")
+        return False
+    run.finding("start", True, f"version {run.report.version} ready in {seconds:.1f} s at {run.candidate.url}")
+    run.out(f"      candidate ready in {seconds:.1f} s")
+    if run.reference is not None:
         try:
-            out(f"      champion ready in {reference.wait_ready():.1f} s")
+            run.out(f"      champion ready in {run.reference.wait_ready():.1f} s")
         except RuntimeError as exc:
-            report.findings.append(Finding("champion", None, f"not compared: {exc}"))
-            out(f"      WARNING: the champion cannot be started, formats are not compared: {exc}")
-            reference = None
-    elif champion == version:
-        report.findings.append(Finding("champion", None, "the candidate is the champion: nothing to compare with"))
+            run.finding("champion", None, f"not compared: {exc}")
+            run.out(f"      WARNING: the champion cannot be started, formats are not compared: {exc}")
+            run.reference = None
+    elif run.report.champion == run.report.version:
+        run.finding("champion", None, "the candidate is the champion: nothing to compare with")
     else:
-        report.findings.append(Finding("champion", None, "no champion yet (a first deployment): nothing to compare "
-                                                         "with"))
+        run.finding("champion", None, "no champion yet (a first deployment): nothing to compare with")
+    return True
 
+
+def _check_example(run: _Checking, example) -> list[tuple[str, bytes]]:
+    """The candidate answers its input example, in the champion's format; returns it as a request."""
     if example is None:
-        report.findings.append(Finding("input example", False, "the model was logged without an input example; log "
-                                                               "it with one (input_example=...)"))
-        out("[2/6] input example: MISSING")
-        examples = []
-    else:
-        examples = [("input example", _split_body(example))]
-        problems, lines = _compare(candidate, reference, examples)
-        report.findings.append(Finding("input example", not problems, "; ".join(p for _, p in problems) or
-                                       f"{len(example)} rows answered" + (", same format as the champion"
-                                                                          if reference else ""), lines))
-        out(f"[2/6] {lines[0]}")
+        run.finding("input example", False, "the model was logged without a readable input example; log it with "
+                                            "one (input_example=...)")
+        run.out("[2/6] input example: MISSING")
+        return []
+    examples = [("input example", _split_body(example))]
+    problems, lines = _compare(run.candidate, run.reference, examples)
+    same = ", same format as the champion" if run.reference else ""
+    run.finding("input example", not problems, "; ".join(p for _, p in problems) or
+                f"{len(example)} rows answered{same}", lines)
+    run.out(f"[2/6] {lines[0]}")
+    return examples
 
-    out(f"[3/6] recorded requests: {source}")
-    if recorded:
-        problems, lines = _compare(candidate, reference, recorded)
-        detail = "; ".join(f"request {label}: {p}" for label, p in problems[:3])
-        detail += f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        ok = f"{len(recorded)} answered" + (", each in the champion's format" if reference else "")
-        report.findings.append(Finding("recorded requests", not problems, detail or ok, [source, *lines]))
-        out(f"      {'FAILED: ' + detail if problems else ok}")
-    else:
-        report.findings.append(Finding("recorded requests", None, source))
 
-    bodies = _single_rows(recorded + examples)
-    if not bodies:
-        report.findings.append(Finding("load test", False, "no request to send: no input example and an empty log"))
+def _check_recorded(run: _Checking, recorded: list[tuple[str, bytes]], source: str) -> None:
+    """The candidate answers real requests from the log as the champion does."""
+    run.out(f"[3/6] recorded requests: {source}")
+    if not recorded:
+        run.finding("recorded requests", None, source)
         return
-    out(f"[4/6] load test: {requests:,} single-row requests from {concurrency} clients ...")
-    load = load_test(candidate.url, bodies, requests, concurrency, out=out)
-    report.load = load
+    problems, lines = _compare(run.candidate, run.reference, recorded)
+    detail = "; ".join(f"request {label}: {p}" for label, p in problems[:3])
+    detail += f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    ok = f"{len(recorded)} answered" + (", each in the champion's format" if run.reference else "")
+    run.finding("recorded requests", not problems, detail or ok, [source, *lines])
+    run.out(f"      {'FAILED: ' + detail if problems else ok}")
+
+
+def _check_load(run: _Checking, bodies: list[bytes], requests: int, concurrency: int, max_p99_ms: float) -> None:
+    """Every request of the load test succeeds, and p99 stays under the limit."""
+    if not bodies:
+        run.finding("load test", False, "no request to send: no input example and an empty log")
+        return
+    run.out(f"[4/6] load test: {requests:,} single-row requests from {concurrency} clients ...")
+    load = run.report.load = load_test(run.candidate.url, bodies, requests, concurrency, out=run.out)
     problems = []
     if load["errors"]:
         problems.append(f"{load['errors']} of {load['requests']} requests failed: {'; '.join(load['first_errors'])}")
@@ -566,5 +607,5 @@ def _run_checks(ws, client, report: Report, env: dict, servers: list, requests: 
         problems.append(f"p99 {load['p99_ms']} ms is above [serving] check_max_p99_ms = {max_p99_ms:g} ms")
     summary = (f"{load['qps']:,} requests/s, p50 {load['p50_ms']} ms, p99 {load['p99_ms']} ms "
                f"({load['requests']} requests, {concurrency} clients, {load['errors']} errors)")
-    report.findings.append(Finding("load test", not problems, "; ".join(problems) or summary, [summary]))
-    out(f"      {summary}" + "".join(f"\n      FAILED: {p}" for p in problems))
+    run.finding("load test", not problems, "; ".join(problems) or summary, [summary])
+    run.out(f"      {summary}" + "".join(f"\n      FAILED: {p}" for p in problems))
