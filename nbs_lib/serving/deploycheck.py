@@ -276,22 +276,31 @@ def _recorded(ws, client, name: str, sample: int) -> tuple[list[tuple[str, bytes
 
     from .predlog import META_COLUMNS, read_predictions
 
-    log = read_predictions(ws, since=datetime.now(UTC) - timedelta(days=7))
+    index_columns = ["request_id", "time", "role"]  # a cheap first pass: which requests, and since when
+    index = read_predictions(ws, since=datetime.now(UTC) - timedelta(days=7), columns=index_columns)
     window = "the last 7 days"
-    if log.empty:
-        log, window = read_predictions(ws), "the whole log"
-    if log.empty:
+    if index.empty:
+        index, window = read_predictions(ws, columns=index_columns), "the whole log"
+    if index.empty:
         return [], "the prediction log is empty: only the input example is compared"
-    log = log[log["role"] == "champion"] if "role" in log else log
-    ids = list(dict.fromkeys(log.sort_values("time", ascending=False)["request_id"]))[:sample]
+    index = index[index["role"] == "champion"] if "role" in index else index
+    ids = list(dict.fromkeys(index.sort_values("time", ascending=False)["request_id"]))[:sample]
+    if not ids:
+        return [], f"the prediction log holds no champion requests in {window}: only the input example is compared"
+    chosen = index[index["request_id"].isin(ids)]
+    log = read_predictions(ws, since=chosen["time"].min())  # only the newest segments, every column
+    log = log[log["request_id"].isin(ids)]
     names: dict[str, list[str] | None] = {}
     bodies = []
     for rid in ids:
         rows = log[log["request_id"] == rid].sort_values("row")
+        if rows.empty:
+            continue
         version = str(rows["model_version"].iloc[0])
         if version not in names:
             names[version] = _input_names(client, name, version, ws.tracking_uri)
-        columns = names[version] or [c for c in rows.columns if c not in META_COLUMNS
+        columns = names[version] or [c.removeprefix("feature_") if c.removeprefix("feature_") in META_COLUMNS else c
+                                     for c in rows.columns if c not in META_COLUMNS
                                      and not c.startswith("output_") and rows[c].notna().any()]
         stored = {c: f"feature_{c}" if c in META_COLUMNS else c for c in columns}
         if not all(s in rows for s in stored.values()):
@@ -299,7 +308,7 @@ def _recorded(ws, client, name: str, sample: int) -> tuple[list[tuple[str, bytes
         frame = rows[list(stored.values())].set_axis(columns, axis=1)
         bodies.append((rid, _split_body(frame)))
     versions = ", ".join(sorted(names, key=lambda v: int(v) if v.isdigit() else 0))
-    return bodies, (f"{len(bodies)} of {log['request_id'].nunique():,} requests logged in {window} "
+    return bodies, (f"{len(bodies)} of {index['request_id'].nunique():,} requests logged in {window} "
                     f"(answered by version {versions})")
 
 
