@@ -21,6 +21,7 @@ Modules:
 - `nbs_lib.serving.app`: The app factory: `create_app(workspace, ...)` builds the FastAPI app; its lifespan loads the model.
 - `nbs_lib.serving.batching`: Micro-batching: concurrent requests predicted together by one worker thread.
 - `nbs_lib.serving.config`: The prediction service's configuration: `[serving]` settings with defaults, and explicit overrides.
+- `nbs_lib.serving.deploycheck`: `notebench deploy-check`: Google's continuous-delivery checks on a model version before it may serve.
 - `nbs_lib.serving.formats`: MLflow's scoring formats: a request body as `mlflow models serve` accepts it, parsed into a checked `Batch`.
 - `nbs_lib.serving.metrics`: Prometheus metrics, hand-written: counters, gauges read at scrape time, histograms, and the text format.
 - `nbs_lib.serving.middleware`: One pure ASGI middleware around every request: body size limit, timing and metrics, `X-Model-Version`.

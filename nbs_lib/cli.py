@@ -238,11 +238,12 @@ def cmd_promote(args) -> int:
     """Make a version the champion (an unblessed one only with --force and a reason, recorded)."""
     from .registry import promote
 
-    _, client, name = _registry()
-    event = promote(client, name, args.version, force=args.force, reason=args.reason or "")
+    ws, client, name = _registry()
+    event = promote(client, name, args.version, force=args.force, reason=args.reason or "",
+                    require_deploy_check=ws.settings.value("gates", "deploy_check"))
+    forced = f" - FORCED past the {' and '.join(event['overrode'])} gate: {args.reason}" if event.get("forced") else ""
     print(event["why"] if not event.get("changed") else
-          f"{name}: champion is now version {event['version']} (was {event['previous'] or 'none'})"
-          f"{' - FORCED: ' + args.reason if event.get('forced') else ''}")
+          f"{name}: champion is now version {event['version']} (was {event['previous'] or 'none'}){forced}")
     return 0
 
 
@@ -341,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print JSON")
     m.set_defaults(func=cmd_models)
 
-    pr = sub.add_parser("promote", help="make VERSION the champion (refuses an unblessed one unless --force)")
+    pr = sub.add_parser("promote", help="make VERSION the champion (refuses an unblessed one, or one without a passed "
+                                        "deploy-check when [gates] deploy_check is on, unless --force)")
     pr.add_argument("version", help="model version number")
-    pr.add_argument("--force", action="store_true", help="promote an unblessed version (recorded; needs --reason)")
+    pr.add_argument("--force", action="store_true",
+                    help="promote past the blessing or deploy-check gate (recorded; needs --reason)")
     pr.add_argument("--reason", help="why, recorded in the champion history")
     pr.set_defaults(func=cmd_promote)
 

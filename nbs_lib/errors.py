@@ -93,6 +93,17 @@ class ModelNotBlessed(RegistryError):
                          model=model, version=version)
 
 
+class DeployCheckRequired(RegistryError):
+    """`[gates] deploy_check` is on and the version has no passed `notebench deploy-check`; `status` is its last
+    result (None: never checked)."""
+
+    def __init__(self, model: str, version: str, status: str | None, at: str | None = None):
+        self.status, self.at = status, at  # the version's last deploy-check result and its time
+        last = f"its last deploy-check {status} at {at}" if status else "it was never deploy-checked"
+        super().__init__(f"[gates] deploy_check = true and {last}; run `notebench deploy-check {version}`, or "
+                         "promote it anyway with force and a reason", model=model, version=version)
+
+
 class NoPreviousChampion(RegistryError):
     """A rollback was asked for, but the champion history holds no earlier champion to go back to."""
 
@@ -134,3 +145,14 @@ class NoFeatureRepoError(UnknownEntityError):
         self.path = path  # the feature repo folder that does not exist
         self.args = (f"no online features for any {entity}: this workspace has no feature repo at {path}; apply and "
                      "materialize one, or send full feature records instead",)
+
+
+class DeployCheckInputError(NotebenchError):
+    """`notebench deploy-check` was asked for something that cannot be checked: an unknown model, version or alias,
+    or a limit out of range."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, model: str | None = None):
+        self.model = model  # the registered model concerned
+        super().__init__(f"model '{model}': {message}" if model else message)

@@ -12,6 +12,7 @@ What lives where:
 | `notebench.blessing.reasons` | version | JSON list of the verdict's readable reasons |
 | `notebench.metric.<name>` | version | a key metric (e.g. the holdout's `auc`), for listings without reading runs |
 | `notebench.model_uri` | version | the logged model it was registered from (registering it again reuses the version) |
+| `notebench.deploy_check.*` | version | the last `notebench deploy-check`: status, at, qps, p50/p99, reasons, run |
 | `notebench.promoted.*`, `notebench.forced.*` | version | who promoted it, when, why; a forced promotion's override |
 | `notebench.champion_history` | registered model | JSON list of every champion change: who, when, why |
 
@@ -31,11 +32,11 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from .errors import ModelNotBlessed, NoPreviousChampion, RegistryError
+from .errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
 
-__all__ = ["BLESSED_TAG", "CHALLENGER", "CHAMPION", "HISTORY_TAG", "METRIC_PREFIX", "NO_BASELINE", "REASONS_TAG",
-           "blessing", "blessing_markdown", "blessing_tags", "champion", "history", "infra_check", "metric_tags",
-           "promote", "register", "rollback", "set_aliases", "versions"]
+__all__ = ["BLESSED_TAG", "CHALLENGER", "CHAMPION", "DEPLOY_CHECK_TAG", "HISTORY_TAG", "METRIC_PREFIX", "NO_BASELINE",
+           "REASONS_TAG", "blessing", "blessing_markdown", "blessing_tags", "champion", "deploy_checked", "history",
+           "infra_check", "metric_tags", "promote", "register", "rollback", "set_aliases", "versions"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 BLESSED_TAG = "notebench.blessed"
@@ -43,6 +44,7 @@ REASONS_TAG = "notebench.blessing.reasons"
 METRIC_PREFIX = "notebench.metric."
 SOURCE_TAG = "notebench.model_uri"
 HISTORY_TAG = "notebench.champion_history"
+DEPLOY_CHECK_TAG = "notebench.deploy_check.status"  # passed | failed, written by `notebench deploy-check`
 HISTORY_LIMIT = 90_000  # characters kept in the history tag (MLflow allows 100,000 in a registered-model tag)
 NO_BASELINE = "no champion yet: no baseline to compare with"
 
@@ -360,31 +362,43 @@ def _record(client, model_name: str, event: dict) -> dict:
     return event
 
 
-def promote(client, model_name: str, version, *, force: bool = False, reason: str = "", who: str = "") -> dict:
-    """Make `version` the champion; an unblessed version needs `force` and a reason, and the override is recorded."""
+def deploy_checked(tags: dict) -> bool:
+    """True when the version's last `notebench deploy-check` passed."""
+    return tags.get(DEPLOY_CHECK_TAG) == "passed"
+
+
+def promote(client, model_name: str, version, *, force: bool = False, reason: str = "", who: str = "",
+            require_deploy_check: bool = False) -> dict:
+    """Make `version` the champion. An unblessed version, or one without a passed deploy-check when
+    `require_deploy_check` (`[gates] deploy_check`), needs `force` and a reason; the override is recorded."""
     mv = _version(client, model_name, version)
     version, who, when = str(mv.version), who or getpass.getuser(), _now()
     blessed = _blessed(mv.tags) is True
+    checked = deploy_checked(mv.tags) or not require_deploy_check
     previous = champion(client, model_name)
     if previous == version:
         return {"action": "promote", "version": version, "previous": previous, "changed": False,
                 "why": f"version {version} is already the champion"}
     if not blessed and not force:
         raise ModelNotBlessed(model_name, version, _reasons(mv.tags))
-    if not blessed and not reason:
-        raise RegistryError("forcing an unblessed version needs a reason, for the record", model=model_name,
-                            version=version)
-    forced = not blessed
+    if not checked and not force:
+        raise DeployCheckRequired(model_name, version, mv.tags.get(DEPLOY_CHECK_TAG),
+                                  mv.tags.get("notebench.deploy_check.at"))
+    overridden = [gate for gate, ok in (("blessing", blessed), ("deploy_check", checked)) if not ok]
+    if overridden and not reason:
+        raise RegistryError(f"forcing past the {' and '.join(overridden)} gate needs a reason, for the record",
+                            model=model_name, version=version)
+    forced = bool(overridden)
     client.set_registered_model_alias(model_name, CHAMPION, version)
     tags = {"notebench.promoted.at": when, "notebench.promoted.by": who,
             "notebench.promoted.reason": reason or "blessed"}
     if forced:
         tags.update({"notebench.forced": "true", "notebench.forced.by": who, "notebench.forced.at": when,
-                     "notebench.forced.reason": reason})
+                     "notebench.forced.reason": reason, "notebench.forced.gates": ",".join(overridden)})
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     event = {"action": "promote", "version": version, "previous": previous, "who": who, "when": when,
-             "why": reason or "blessed", "forced": forced}
+             "why": reason or "blessed", "forced": forced, **({"overrode": overridden} if forced else {})}
     return {**_record(client, model_name, event), "changed": True}
 
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
 from nbs_lib import registry
-from nbs_lib.errors import ModelNotBlessed, NoPreviousChampion, RegistryError
+from nbs_lib.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
 from nbs_lib.tracking import log_sklearn_model
 
 BLESSED = {"blessed": True, "reasons": ["auc overall 0.8000 >= minimum 0.7000"]}
@@ -95,6 +95,27 @@ def test_forced_promotion_is_recorded_on_the_version_and_in_the_history(store, n
     assert recorded["forced"] is True and recorded["who"] == "ana" and recorded["why"] == "segment gate too strict"
     assert registry.promote(client, name, version)["changed"] is False  # already champion: no new event
     assert len(registry.history(client, name)) == 1
+
+
+def test_the_deploy_check_gate_needs_a_passed_check_of_that_very_version(store, name):
+    client = store["client"]
+    unchecked, failed, passed = add(store, name, 0), add(store, name, 1), add(store, name, 2)
+    client.set_model_version_tag(name, failed, registry.DEPLOY_CHECK_TAG, "failed")
+    client.set_model_version_tag(name, failed, "notebench.deploy_check.at", "2026-11-27T12:00:00+00:00")
+    client.set_model_version_tag(name, passed, registry.DEPLOY_CHECK_TAG, "passed")
+    with pytest.raises(DeployCheckRequired, match=f"never deploy-checked; run `notebench deploy-check {unchecked}`"):
+        registry.promote(client, name, unchecked, require_deploy_check=True)
+    with pytest.raises(DeployCheckRequired, match="last deploy-check failed at 2026-11-27T12:00:00") as err:
+        registry.promote(client, name, failed, require_deploy_check=True)
+    assert (err.value.version, err.value.status) == (failed, "failed") and registry.champion(client, name) is None
+    assert registry.promote(client, name, unchecked)["changed"]  # the gate is off unless asked for
+    assert registry.promote(client, name, passed, require_deploy_check=True)["forced"] is False
+    with pytest.raises(RegistryError, match="deploy_check gate needs a reason"):
+        registry.promote(client, name, failed, require_deploy_check=True, force=True)
+    event = registry.promote(client, name, failed, require_deploy_check=True, force=True, reason="hotfix", who="ci")
+    assert event["forced"] and event["overrode"] == ["deploy_check"] and registry.champion(client, name) == failed
+    assert client.get_model_version(name, failed).tags["notebench.forced.gates"] == "deploy_check"
+    assert registry.history(client, name)[-1]["overrode"] == ["deploy_check"]
 
 
 def test_challenger_moves_with_set_aliases_but_champion_only_through_promote(store, name):

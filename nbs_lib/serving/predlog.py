@@ -36,10 +36,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -234,20 +236,28 @@ class PredictionLog:
         return path
 
 
-def _atomic_write(folder: Path, name: str, table, compression: str) -> Path:
-    import pyarrow.parquet as pq
-
-    tmp = folder / f".{name}.tmp"
+@contextmanager
+def _atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """A handle on a hidden temporary beside `target`; once the block ends, the file is fsynced, renamed to `target`
+    and the folder fsynced (a block that raises leaves only the temporary, which a reader never sees)."""
+    tmp = target.parent / f".{target.name}.tmp"
     with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression=compression)
+        yield fh
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, folder / name)
-    fd = os.open(folder, os.O_RDONLY)
+    os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _atomic_write(folder: Path, name: str, table, compression: str) -> Path:
+    import pyarrow.parquet as pq
+
+    with _atomic_file(folder / name) as fh:
+        pq.write_table(table, fh, compression=compression)
     return folder / name
 
 
@@ -377,28 +387,18 @@ def _merge(segments: list[Path], folder: Path, rows_per_group: int) -> None:
     import pyarrow.parquet as pq
 
     schema = pa.unify_schemas([pq.read_schema(p) for p in segments], promote_options="permissive")
-    tmp = folder / f".{COMPACTED}.tmp"
-    with open(tmp, "wb") as fh:
-        with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
-            group, rows = [], 0
-            for p in segments:
-                table = pq.read_table(p)
-                group.append(pa.table({f.name: table[f.name].cast(f.type) if f.name in table.column_names
-                                       else pa.nulls(len(table), f.type) for f in schema}, schema=schema))
-                rows += len(table)
-                if rows >= rows_per_group:
-                    writer.write_table(pa.concat_tables(group))
-                    group, rows = [], 0
-            if group:
+    with _atomic_file(folder / COMPACTED) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+        group, rows = [], 0
+        for p in segments:
+            table = pq.read_table(p)
+            group.append(pa.table({f.name: table[f.name].cast(f.type) if f.name in table.column_names
+                                   else pa.nulls(len(table), f.type) for f in schema}, schema=schema))
+            rows += len(table)
+            if rows >= rows_per_group:
                 writer.write_table(pa.concat_tables(group))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / COMPACTED)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                group, rows = [], 0
+        if group:
+            writer.write_table(pa.concat_tables(group))
 
 
 def _utc(moment) -> datetime | None:
