@@ -57,6 +57,10 @@ def make(rows: int, seed: int, shifted: bool):
 
 
 def peak_mb() -> float:
+    """Peak RSS of this process since it started (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -166,12 +170,12 @@ def main() -> None:
     print(f"Notebench compare:         {nb['seconds']:.2f} s, peak {nb['peak_mb']:.0f} MB "
           f"(reference profile, once per model: {nb['profile_seconds']:.2f} s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="nb-monitor-bench-") as tmp:
-        prepare_log(Path(tmp))
+        child("prepare", tmp)
         m1 = child("monitor", tmp, str(CURRENT_ROWS))
         print(f"monitor() over the log, one 1M-row window:  {m1['seconds']:.2f} s, peak {m1['peak_mb']:.0f} MB",
               flush=True)
     with tempfile.TemporaryDirectory(prefix="nb-monitor-bench-") as tmp:
-        prepare_log(Path(tmp))
+        child("prepare", tmp)
         mk = child("monitor", tmp, "1000")
         print(f"monitor() over the log, 1,000 windows of 1k: {mk['seconds']:.2f} s, peak {mk['peak_mb']:.0f} MB",
               flush=True)
@@ -199,7 +203,12 @@ if __name__ == "__main__":
     if len(sys.argv) > 1:
         sys.path.insert(0, str(HERE.parent))
         mode = sys.argv[1]
-        out = {"evidently": run_evidently, "notebench": run_notebench}.get(mode)
-        print(json.dumps(out() if out else run_monitor(sys.argv[2], int(sys.argv[3])), default=str))
+        if mode == "prepare":
+            prepare_log(Path(sys.argv[2]))
+            print("{}")
+        elif mode == "monitor":
+            print(json.dumps(run_monitor(sys.argv[2], int(sys.argv[3])), default=str))
+        else:
+            print(json.dumps({"evidently": run_evidently, "notebench": run_notebench}[mode](), default=str))
     else:
         main()

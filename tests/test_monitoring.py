@@ -230,3 +230,21 @@ def test_cli_reports_nothing_to_monitor_and_json(workspace):
     assert "nothing to monitor" in proc.stdout
     out = json.loads(notebench("monitor", "--json", check=True).stdout)
     assert out["nothing_new"] is True and out["alerts"] == []
+
+
+def test_versions_are_judged_apart_across_a_hot_swap_and_no_row_is_lost(workspace, world, reference):
+    v1, v2 = register(reference, version_of="1"), register(reference, version_of="2")
+    log_rows(workspace, sample(world, 1000, 9), v1, prefix="a")  # arrives over ~1 s
+    log_rows(workspace, sample(world, 600, 10), v2, start=HOUR_AGO + 0.5, prefix="b")  # the swap: requests overlap
+    first = monitor(log_to_mlflow=False)
+    assert [(w["model_version"], w["rows"]) for w in first.windows] == [(v1, 1000)]
+    assert first.rows_pending == 600  # the new version's window is still filling
+    log_rows(workspace, sample(world, 400, 11), v2, start=HOUR_AGO + 60, prefix="c")
+    second = monitor(log_to_mlflow=False)
+    assert [(w["model_version"], w["rows"]) for w in second.windows] == [(v2, 1000)]
+    assert second.rows_pending == 0
+    log_rows(workspace, sample(world, 300, 12), v1, start=HOUR_AGO + 120, prefix="d")  # rolled back to v1
+    log_rows(workspace, sample(world, 10, 13), v2, start=HOUR_AGO + 119, prefix="e")  # v2 stragglers, superseded
+    third = monitor(log_to_mlflow=False)
+    assert [(w["model_version"], w["rows"]) for w in third.windows] == [(v2, 10)]  # a superseded tail is closed
+    assert third.rows_pending == 300
