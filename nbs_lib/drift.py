@@ -8,7 +8,8 @@ a window against it with the tests Evidently uses by default, choosing by window
   1,001 quantiles), drift when p < `p_value`;
 - numeric, window of `small` rows or more: Wasserstein distance normed by the reference's std, drift when > `distance`;
 - categorical, small window: chi-squared on the reference/window contingency table, drift when p < `p_value`;
-- categorical, larger window: Jensen–Shannon distance (base 2), drift when > `distance`.
+- categorical, larger window: Jensen–Shannon distance (natural logarithm, as Evidently and scipy's default
+  compute it; base 2 would read 1.2 times higher against the same threshold), drift when > `distance`.
 
 The family is chosen by the window's row count (nulls included), so every column of one window is judged alike.
 
@@ -180,13 +181,13 @@ def _categorical_drift(ref: dict, codes: np.ndarray, rows: int, small: int, p_va
 
 
 def _jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen–Shannon distance (base 2) of two distributions, as scipy's `jensenshannon` (without importing
-    scipy.spatial, which costs a second and a half)."""
+    """Jensen–Shannon distance (natural logarithm) of two distributions, as scipy's `jensenshannon` (without
+    importing scipy.spatial, which costs a second and a half)."""
     m = (p + q) / 2
 
     def kl(a):
         a_pos = a > 0
-        return float(np.sum(a[a_pos] * np.log2(a[a_pos] / m[a_pos])))
+        return float(np.sum(a[a_pos] * np.log(a[a_pos] / m[a_pos])))
 
     return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
 
