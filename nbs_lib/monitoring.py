@@ -599,13 +599,15 @@ def _encoded(ref: dict, rows) -> dict:
     return arrays
 
 
-def _window_meta(name: str, version: str, ends, rows: int, pass_id: str) -> dict:
-    first, last = ends.iloc[0], ends.iloc[-1]
-    wid = f"{version}-{int(first['_t'])}-{first['request_id']}-{int(first['row'])}"
-    return {"window_id": wid, "model_name": name, "model_version": version, "window_start": _us_iso(int(first["_t"])),
-            "window_end": _us_iso(int(last["_t"])), "rows": int(rows), "first_t": int(first["_t"]),
-            "first_request": first["request_id"], "first_row": int(first["row"]), "last_t": int(last["_t"]),
-            "last_request": last["request_id"], "last_row": int(last["row"]), "pass_id": pass_id}
+def _window_meta(name: str, version: str, keys: tuple, sl: slice, pass_id: str) -> dict:
+    """Identity and span of the window at positions `sl` of a read whose key columns are `keys` (t, request, row)."""
+    t, rid, row = keys
+    first, last = sl.start, sl.stop - 1
+    return {"window_id": f"{version}-{int(t[first])}-{rid[first]}-{int(row[first])}", "model_name": name,
+            "model_version": version, "window_start": _us_iso(int(t[first])), "window_end": _us_iso(int(t[last])),
+            "rows": int(sl.stop - sl.start), "first_t": int(t[first]), "first_request": str(rid[first]),
+            "first_row": int(row[first]), "last_t": int(t[last]), "last_request": str(rid[last]),
+            "last_row": int(row[last]), "pass_id": pass_id}
 
 
 def _judge_new_rows(p: _Pass, frame) -> None:
@@ -620,9 +622,9 @@ def _judge_new_rows(p: _Pass, frame) -> None:
         superseded = [name, version] != latest  # a newer version served later: this one's tail will not grow
         ref = p.reference(name, version) if len(rows) else None
         arrays = _encoded(ref, rows) if ref is not None else None
+        keys = tuple(rows[k].to_numpy() for k in KEY)
         for sl in _cut(len(rows), p.th.window, close_tail=superseded):
-            meta = _window_meta(name, version, rows.iloc[[sl.start, sl.stop - 1]], sl.stop - sl.start,
-                                p.report.pass_id)
+            meta = _window_meta(name, version, keys, sl, p.report.pass_id)
             p.cursors[(name, version)] = (meta["last_t"], meta["last_request"], meta["last_row"])
             if ref is None:
                 continue
