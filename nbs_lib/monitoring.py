@@ -679,10 +679,18 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
         return
     logged = _keyed(logged.assign(model_version=logged["model_version"].astype(str)))
     labelled = _join_labels(logged, feedback)
-    for w in pending.to_dict("records"):
-        rows = labelled[labelled["model_version"] == w["model_version"]]
-        rows = _within(rows, (w["first_t"], w["first_request"], w["first_row"]),
-                       (w["last_t"], w["last_request"], w["last_row"])).dropna(subset=["label"])
+    windows = pending.to_dict("records")
+    at = _positions(labelled, [(w[f"{end}_t"], w[f"{end}_request"], w[f"{end}_row"])
+                               for w in windows for end in ("first", "last")])
+    for w in windows:
+        first = (int(w["first_t"]), w["first_request"], int(w["first_row"]))
+        last = (int(w["last_t"]), w["last_request"], int(w["last_row"]))
+        if first in at and last in at:  # the log is in key order: the window is one slice of it
+            rows = labelled.iloc[at[first]:at[last] + 1]
+            rows = rows[rows["model_version"] == w["model_version"]]
+        else:
+            rows = _within(labelled[labelled["model_version"] == w["model_version"]], first, last)
+        rows = rows.dropna(subset=["label"])
         seen = len(rows)
         stalled = not pd.isna(w.get("labels")) and seen == int(w["labels"])
         if seen < p.th.min_labels or not (seen >= w["rows"] or stalled):
@@ -700,6 +708,15 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
                                  **summary})
         p.quality_done.append(w["window_id"])
         p.labels[w["window_id"]] = seen
+
+
+def _positions(frame, keys: list[tuple]) -> dict:
+    """Row positions in `frame` (in key order, positional index) of the given (t, request, row) keys."""
+    wanted = {(int(t), str(r), int(w)) for t, r, w in keys}
+    near = frame[frame["_t"].isin({k[0] for k in wanted})]
+    return {key: i for i, key in zip(near.index, zip(near["_t"].tolist(), near["request_id"].tolist(),
+                                                      near["row"].tolist(), strict=True), strict=True)
+            if key in wanted}
 
 
 def _join_labels(logged, feedback):
