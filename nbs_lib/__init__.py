@@ -16,6 +16,7 @@ Modules:
 - `nbs_lib.landing`: The landing area and its ledger: which batches arrived, which were already taken, and what changed.
 - `nbs_lib.lineage`: Lineage in MLflow, written by a sidecar process so that the runner never waits for `import mlflow`.
 - `nbs_lib.model`: The churn model as one scikit-learn pipeline from raw features to a probability, and the search space the tuner explores.
+- `nbs_lib.monitoring`: The monitoring job: live predictions and their delayed labels, window by window, against the training reference.
 - `nbs_lib.registry`: The model registry: blessing gates, versions with lineage, aliases, promotion with a durable history, rollback.
 - `nbs_lib.runner`: The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
 - `nbs_lib.serving.app`: The app factory: `create_app(workspace, ...)` builds the FastAPI app; its lifespan loads the model.

@@ -162,6 +162,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          minimum=1),
         "max_auc_drop": _k("float", "0.05", "quality alert when live AUC falls this far below the holdout's",
                            minimum=0),
+        "quality_share": _k("float", "0.05", "data-quality alert when a feature's null rate rises by more than "
+                            "this, or this share of its values is out of the reference range or unseen", minimum=0),
+        "settle": _k("float", "10", "seconds a prediction must be old before it is judged (its log segment is "
+                     "surely flushed)", minimum=0),
     },
     "triggers": {
         "schedule": _k("str", "", "cron expression for scheduled training; empty: none"),
