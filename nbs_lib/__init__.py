@@ -33,6 +33,9 @@ Modules:
 - `nbs_lib.spec`: pipeline.yaml: a pipeline's steps, their notebooks, upstream steps, parameters and products — and its checks.
 - `nbs_lib.step`: The step API: how a step notebook reads its inputs, writes its products and records metrics and verdicts.
 - `nbs_lib.store`: Where a pipeline keeps its state in the workspace: products and their manifests, run records, the lock.
+- `nbs_lib.triggers.events`: The trigger event store: every trigger event, durable in SQLite (WAL) inside the workspace, and what became of it.
+- `nbs_lib.triggers.kinds`: Trigger kinds: a registry of named sources, each polled once per pass of the trigger service.
+- `nbs_lib.triggers.service`: The trigger service: one pass (`tick`) polls every enabled source, then starts one training run for all queued events; `watch` repeats passes until Ctrl-C or SIGTERM.
 - `nbs_lib.validation`: The data validation gate, as TFX's ExampleValidator does it: schema anomalies stop, value skew is recorded."""
 
 __version__ = "0.1.0"

@@ -177,7 +177,11 @@ class _Run:
             self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root, self.cfg["parallelism"])
             threading.Thread(target=_import_papermill, daemon=True).start()
         self.progress.start(self.spec, self.run_id, selected)
-        failure = self._schedule(selected, forced)
+        try:
+            failure = self._schedule(selected, forced)
+        except BaseException:  # a signal (KeyboardInterrupt) mid-run: record it so, never leave it "running"
+            self._finish(None, interrupted=True)
+            raise
         self._finish(failure)
         if failure:
             raise failure
@@ -269,13 +273,15 @@ class _Run:
         self._send_end(step, "FINISHED", started, products={
             p: {"path": products[p], "sha256": d} for p, d in manifest.get("products", {}).items()})
 
-    def _finish(self, failure: StepFailed | None) -> None:
-        self.record.update(state="failed" if failure else "succeeded", ended=time.time(),
-                           error=str(failure) if failure else None)
+    def _finish(self, failure: StepFailed | None, interrupted: bool = False) -> None:
+        state = "interrupted" if interrupted else "failed" if failure else "succeeded"
+        error = "interrupted by a signal; steps that had not started did not run" if interrupted else failure
+        self.record.update(state=state, ended=time.time(), error=str(error) if error else None)
         self.record.save()
         cached = sum(1 for s in self.record["steps"].values() if s.get("state") == "cached")
         if self.lineage:
-            self.lineage.send({"op": "end", "key": "pipeline", "status": "FAILED" if failure else "FINISHED",
+            status = {"interrupted": "KILLED", "failed": "FAILED"}.get(state, "FINISHED")
+            self.lineage.send({"op": "end", "key": "pipeline", "status": status,
                                "end_ms": now_ms(), "tags": {"notebench.state": self.record["state"]},
                                "metrics": {"duration_s": self.record["ended"] - self.record["started"],
                                            "steps_cached": cached}})

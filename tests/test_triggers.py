@@ -55,8 +55,9 @@ def test_ten_drift_events_start_exactly_one_run_even_with_two_ticks_at_once(work
     for i in range(10):
         enqueue(workspace, "drift", f"feature f{i} drifted", details={"feature": f"f{i}"})
     env = {"NOTEBENCH_TRIGGERS_PIPELINE": str(pipeline), "NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step"}
-    ticks = [subprocess.Popen([str(BIN / "notebench"), "tick"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                              stderr=subprocess.PIPE, env={**os.environ, **env}) for _ in range(2)]
+    cmd = [str(BIN / "notebench"), "tick", "--no-lineage"]
+    ticks = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **env}) for _ in range(2)]
     outs = [t.communicate(timeout=120) for t in ticks]
     assert [t.returncode for t in ticks] == [0, 0], outs
     assert len(runs(workspace)) == 1, outs
@@ -71,11 +72,11 @@ def test_ten_drift_events_start_exactly_one_run_even_with_two_ticks_at_once(work
 
 def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_run(workspace, pipeline, monkeypatch):
     enqueue(workspace, "on_demand", "first model")
-    first = tick(workspace)
+    first = tick(workspace, lineage=False)
     assert first.run_state == "succeeded" and len(runs(workspace)) == 1
 
     drift = enqueue(workspace, "drift", "tenure drifted")
-    second = tick(workspace)
+    second = tick(workspace, lineage=False)
     assert second.run_id is None and len(runs(workspace)) == 1
     assert [e.id for e in second.skipped] == [drift.id]
     assert events(workspace)[drift.id]["status"] == "skipped"
@@ -83,14 +84,14 @@ def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_ru
 
     asked = enqueue(workspace, "on_demand", "analyst asked")
     late_drift = enqueue(workspace, "quality", "AUC fell")  # coalesced into the run on_demand starts anyway
-    third = tick(workspace)
+    third = tick(workspace, lineage=False)
     assert third.run_state == "succeeded" and len(runs(workspace)) == 2
     assert {e.id: e.status for e in third.joined} == {asked.id: "started", late_drift.id: "coalesced"}
 
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_KINDS", "on_demand, new_data")
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_COOLDOWN", "0")
     off = enqueue(workspace, "drift", "drift, but drift may not start training here")
-    fourth = tick(workspace)
+    fourth = tick(workspace, lineage=False)
     assert fourth.run_id is None and len(runs(workspace)) == 2
     assert events(workspace)[off.id]["status"] == "skipped"
     assert "not in [triggers] kinds" in events(workspace)[off.id]["note"]
@@ -142,13 +143,13 @@ def test_new_data_fires_for_unconsumed_batches_only(workspace, pipeline, monkeyp
     assert [e.kind for e in found] == ["new_data"] and found[0].details["batches"] == ["features/2026-01-01.parquet"]
     assert tick(workspace, run=False).enqueued == []  # the same unconsumed batches are one event
 
-    ran = tick(workspace)
+    ran = tick(workspace, lineage=False)
     assert ran.run_state == "succeeded" and [e.id for e in ran.joined] == [found[0].id]
-    after = tick(workspace)
+    after = tick(workspace, lineage=False)
     assert after.enqueued == [] and after.run_id is None and len(runs(workspace)) == 1  # consumed: no new event
 
     _batch(workspace, "2026-01-02.parquet")
-    again = tick(workspace)
+    again = tick(workspace, lineage=False)
     assert [e.details["batches"] for e in again.enqueued] == [["features/2026-01-02.parquet"]]
     assert again.run_state == "succeeded" and len(runs(workspace)) == 2
 
@@ -159,8 +160,9 @@ class Watch:
     def __init__(self, pipeline: Path, interval: float = 0.3):
         env = {**os.environ, "NOTEBENCH_TRIGGERS_PIPELINE": str(pipeline),
                "NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step", "NOTEBENCH_TRIGGERS_KINDS": "on_demand"}
-        self.proc = subprocess.Popen([str(BIN / "notebench"), "watch", "--interval", str(interval)], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        cmd = [str(BIN / "notebench"), "watch", "--interval", str(interval), "--no-lineage"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 

@@ -9,14 +9,14 @@ def cmd_watch(args) -> int:
     """Poll the trigger sources every interval and start training runs until Ctrl-C or SIGTERM."""
     from .service import watch
 
-    return watch(interval=args.interval)
+    return watch(interval=args.interval, lineage=not args.no_lineage)
 
 
 def cmd_tick(args) -> int:
     """One pass: poll the sources once, start one training run for everything queued; print what happened."""
     from .service import tick
 
-    result = tick(run=not args.no_run)
+    result = tick(run=not args.no_run, lineage=not args.no_lineage)
     for line in result.lines():
         print(line)
     return result.exit_code
@@ -38,7 +38,7 @@ def cmd_trigger(args) -> int:
     print(f"enqueued: {event.line()}")
     if args.no_run:
         return 0
-    result = tick(ws)
+    result = tick(ws, lineage=not args.no_lineage)
     for line in result.lines():
         print(line)
     return result.exit_code
@@ -73,12 +73,14 @@ def add_commands(sub) -> None:
                                    "The first Ctrl-C/SIGTERM lets a run in progress finish; a second interrupts it "
                                    "(recorded as interrupted; its events are queued again).")
     w.add_argument("--interval", type=float, help="seconds between passes ([triggers] interval)")
+    w.add_argument("--no-lineage", action="store_true", help="do not record the runs it starts in MLflow")
     w.set_defaults(func=cmd_watch)
 
     t = sub.add_parser("tick", help="one pass of the trigger service (for cron and CI)",
                        description="Poll every enabled trigger source once; start one training run for all queued "
                                    "events unless one is in progress. Exits 1 only if the run it started failed.")
     t.add_argument("--no-run", action="store_true", help="only poll the sources and enqueue; start nothing")
+    t.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
     t.set_defaults(func=cmd_tick)
 
     g = sub.add_parser("trigger", help="enqueue a training trigger by hand (on demand), then run a pass")
@@ -86,6 +88,7 @@ def add_commands(sub) -> None:
     g.add_argument("--reason", required=True, help="why, recorded on the event and the run")
     g.add_argument("--kind", default="on_demand", help="event kind (default: on_demand)")
     g.add_argument("--no-run", action="store_true", help="only enqueue; the next tick or watch pass starts it")
+    g.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
     g.set_defaults(func=cmd_trigger)
 
     e = sub.add_parser("events", help="list recent trigger events and the runs they started")

@@ -86,9 +86,13 @@ def describe(events: list[Event], limit: int = 480) -> str:
 # one pass
 
 
-def tick(workspace=None, *, run: bool = True, now: float | None = None, progress=None,
+def tick(workspace=None, *, run: bool = True, lineage: bool = True, now: float | None = None, progress=None,
          may_start=None) -> TickResult:
-    """Poll every enabled source once; then, unless a run is in progress, start one run for all queued events."""
+    """Poll every enabled source once; then, unless a run is in progress, start one run for all queued events.
+
+    `run=False` only polls; `lineage=False` does not record the run in MLflow; `now` is the pass's time (epoch
+    seconds); `progress(store, ids)` makes the run's `_Recorder`; `may_start()` returning False keeps the queue.
+    """
     ws = as_workspace(workspace)
     enabled = _enabled_kinds(ws)
     spec = resolve_pipeline(ws)
@@ -97,7 +101,7 @@ def tick(workspace=None, *, run: bool = True, now: float | None = None, progress
         result.requeued = _requeue_dead_runs(ws, spec, store)
         result.enqueued = poll(Poll(ws, store, spec, time.time() if now is None else now), enabled, result.notes)
         if run:
-            _start(ws, spec, store, enabled, result, progress, may_start)
+            _start(ws, spec, store, enabled, result, progress, may_start, lineage)
     return result
 
 
@@ -166,7 +170,8 @@ class _TriggerLock:
             self.file = None
 
 
-def _start(ws, spec, store: EventStore, enabled: list[str], result: TickResult, progress, may_start) -> None:
+def _start(ws, spec, store: EventStore, enabled: list[str], result: TickResult, progress, may_start,
+           lineage: bool) -> None:
     lock = _TriggerLock(ws, spec.name)
     if not lock.acquire():
         if store.queued():
@@ -186,7 +191,7 @@ def _start(ws, spec, store: EventStore, enabled: list[str], result: TickResult, 
         if may_start and not may_start():
             result.waiting = f"stopping: {len(queued)} event(s) stay queued for the next pass"
             return
-        _run(ws, spec, store, queued, result, progress)
+        _run(ws, spec, store, queued, result, progress, lineage)
     finally:
         lock.release()
 
@@ -246,13 +251,15 @@ class _Recorder(TerminalProgress):
         super().start(spec, run_id, steps)
 
 
-def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, progress) -> None:
+def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, progress, lineage: bool) -> None:
     """Start one run for `queued`; record its id on them; an interrupted run is recorded and its events requeued."""
     from ..runner import RunOptions, run_pipeline
 
-    recorder = progress(store, [e.id for e in queued]) if progress else _Recorder(store, [e.id for e in queued])
+    ids = [e.id for e in queued]
+    recorder = progress(store, ids) if progress else _Recorder(store, ids)
+    options = RunOptions(trigger=describe(queued), lineage=lineage)
     try:
-        record = run_pipeline(spec.file, RunOptions(trigger=describe(queued)), progress=recorder, workspace=ws)
+        record = run_pipeline(spec.file, options, progress=recorder, workspace=ws)
         result.run_state = record["state"]
     except PipelineBusy as exc:
         result.waiting = f"{exc}; {len(queued)} event(s) stay queued"
@@ -263,7 +270,7 @@ def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, p
         result.run_state = "failed" if recorder.run_id else None
     except BaseException:
         result.run_state = "interrupted"
-        _record_interrupted(ws, spec, store)
+        _record_interrupted(ws, spec, store, recorder.run_id)
         raise
     finally:
         result.run_id = recorder.run_id
@@ -271,15 +278,17 @@ def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, p
             result.joined = [store.get(e.id) for e in queued]
 
 
-def _record_interrupted(ws, spec, store: EventStore) -> None:
-    """Mark this process's unfinished runs `interrupted` and queue their events again."""
+def _record_interrupted(ws, spec, store: EventStore, run_id: str | None) -> None:
+    """Mark the interrupted run (this process's, if its id was not known yet) `interrupted`; requeue its events."""
     from ..store import PipelineStore
 
     for record in PipelineStore(ws.root, spec.name).runs()[:5]:
-        if record.get("state") == "running" and record.get("pid") == os.getpid():
-            record.update(state="interrupted", ended=time.time(),
-                          error="interrupted by a signal; its trigger events were queued again")
-            record.save()
+        if record["run_id"] == run_id or (run_id is None and record.get("pid") == os.getpid()
+                                          and record.get("state") == "running"):
+            if record.get("state") == "running":  # the runner records it itself once its steps began
+                record.update(state="interrupted", ended=time.time(),
+                              error="interrupted by a signal; its trigger events were queued again")
+                record.save()
             store.requeue(record["run_id"], f"run {record['run_id']} was interrupted; queued again")
 
 
@@ -303,6 +312,11 @@ class _Stopper:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def may_start(self) -> bool:
+        """Asked just before a run starts: False once stopping; else from here on a signal meets a run."""
+        self.in_run = not self.stopping.is_set()
+        return self.in_run
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.stopping.is_set() and self.in_run:
@@ -314,7 +328,8 @@ class _Stopper:
                  if self.in_run else f"{name}: stopping; queued events stay queued")
 
 
-def watch(workspace=None, interval: float | None = None, *, out=None, passes: int | None = None) -> int:
+def watch(workspace=None, interval: float | None = None, *, lineage: bool = True, out=None,
+          passes: int | None = None) -> int:
     """Run passes every `interval` seconds (`[triggers] interval`) until SIGINT/SIGTERM; print events and runs."""
     ws = as_workspace(workspace)
     say = out or (lambda text: print(time.strftime("%H:%M:%S"), text, flush=True))
@@ -324,21 +339,10 @@ def watch(workspace=None, interval: float | None = None, *, out=None, passes: in
     stopper.install()
     say(f"watching for triggers of {spec.name} ({spec.file}) every {interval:g} s; kinds: "
         f"{', '.join(_enabled_kinds(ws))}; Ctrl-C or SIGTERM stops")
-    mark, notes, done = time.time(), None, 0
+    seen, done = {"mark": time.time(), "said": []}, 0
     try:
         while not stopper.stopping.is_set() and (passes is None or done < passes):
-            recorder = _watch_recorder(say, stopper)
-            result = tick(ws, progress=recorder, may_start=lambda: not stopper.stopping.is_set())
-            stopper.in_run = False
-            mark = _say_events(ws, mark, say)
-            if result.notes != notes:
-                for n in result.notes:
-                    say(f"note: {n}")
-                notes = result.notes
-            if result.run_id:
-                say(f"run {result.run_id} {result.run_state}" + (f": {result.error}" if result.error else ""))
-            elif result.error or result.waiting:
-                say(result.error or result.waiting)
+            _watch_pass(ws, lineage, say, stopper, seen)
             done += 1
             if passes is None or done < passes:
                 stopper.stopping.wait(interval)
@@ -348,12 +352,30 @@ def watch(workspace=None, interval: float | None = None, *, out=None, passes: in
     return 0
 
 
-def _watch_recorder(say, stopper: _Stopper):
-    """A progress factory whose recorder prints the run as it starts and marks the watch as inside a run."""
+def _watch_pass(ws, lineage: bool, say, stopper: _Stopper, seen: dict) -> None:
+    """One pass of `watch`: tick, then print changed events, the run, and notes or waits not said just before."""
+    try:
+        result = tick(ws, lineage=lineage, progress=_watch_recorder(say), may_start=stopper.may_start)
+    except NotebenchError as exc:  # e.g. the pipeline's spec is being edited: say so, try again next pass
+        say(f"error: {exc}")
+        return
+    finally:
+        stopper.in_run = False
+    seen["mark"] = _say_events(ws, seen["mark"], say)
+    if result.run_id:
+        say(f"run {result.run_id} {result.run_state}" + (f": {result.error}" if result.error else ""))
+    said = [f"note: {n}" for n in result.notes] + [x for x in (result.error, result.waiting) if x and not result.run_id]
+    for line in said:
+        if line not in seen["said"]:
+            say(line)
+    seen["said"] = said
+
+
+def _watch_recorder(say):
+    """A progress factory whose recorder also says when the run starts and for which events."""
     def make(store, ids):
         class WatchRecorder(_Recorder):
             def start(self, spec, run_id, steps):
-                stopper.in_run = True
                 super().start(spec, run_id, steps)
                 say(f"run {run_id} of {spec.name} started for event(s) {', '.join(f'#{i}' for i in ids)}")
 
