@@ -127,6 +127,27 @@ def test_schedule_fires_once_per_due_time_across_restarts(workspace, pipeline, m
     assert len(read_events(workspace)) == 5 and runs(workspace) == []
 
 
+def test_a_registered_kind_is_polled_once_per_condition_and_unknown_kinds_are_refused(workspace, pipeline,
+                                                                                      monkeypatch):
+    from nbs_lib.errors import SettingsError
+    from nbs_lib.triggers import KINDS, Found, register_kind
+
+    closed = ["T-1"]
+    register_kind("ticket", lambda poll: [Found(f"ticket {t} closed", {"ticket": t}, key=t) for t in closed],
+                  cooldown=True)
+    try:
+        monkeypatch.setenv("NOTEBENCH_TRIGGERS_KINDS", "ticket")
+        assert [e.reason for e in tick(workspace, run=False).enqueued] == ["ticket T-1 closed"]
+        closed.append("T-2")
+        assert [e.reason for e in tick(workspace, run=False).enqueued] == ["ticket T-2 closed"]
+        assert tick(workspace, run=False).enqueued == []
+    finally:
+        del KINDS["ticket"]
+    with pytest.raises(SettingsError, match="unknown kind.*ticket") as err:
+        tick(workspace, run=False)
+    assert err.value.exit_code == 2
+
+
 def _batch(ws: Path, name: str) -> None:
     import pandas as pd
 

@@ -91,6 +91,8 @@ def _run_monitor(ws):
         return monitor(ws)
     except NotebenchError as exc:
         return SourceUnavailable(f"monitoring could not run: {exc}")
+    except Exception as exc:  # a bug in monitoring must not stop the other triggers; the note names it
+        return SourceUnavailable(f"monitoring failed: {type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,14 +174,20 @@ def new_data_source(poll: Poll) -> list[Found]:
 def alert_source(kind: str) -> Callable[[Poll], list[Found]]:
     """A source that turns the monitoring report's alerts of `kind` into events, once per alert."""
     def source(poll: Poll) -> list[Found]:
-        report = poll.monitor_report()
-        return [Found(a.reason, {"window_end": str(a.window_end), "model_version": str(a.model_version),
-                                 **(a.details or {})},
-                      key=f"{a.model_version}|{a.window_end}|{a.reason}")
-                for a in getattr(report, "alerts", []) if a.kind == kind]
+        return [_alert_found(a) for a in getattr(poll.monitor_report(), "alerts", []) if a.kind == kind]
 
     source.__doc__ = f"Monitoring alerts of kind '{kind}'."
     return source
+
+
+def _alert_found(alert) -> Found:
+    """An alert as an event: its reason, where it was seen, and a key naming its model version, window and check."""
+    seen = {"model_name": getattr(alert, "model_name", ""), "model_version": str(alert.model_version),
+            "window_id": getattr(alert, "window_id", ""), "window_end": str(alert.window_end),
+            "check": getattr(alert, "check", "")}
+    window = seen["window_id"] or seen["window_end"]
+    key = f"{seen['model_name']}:{seen['model_version']}|{window}|{seen['check']}|{alert.reason}"
+    return Found(alert.reason, {**seen, **(alert.details or {})}, key=key)
 
 
 register_kind("schedule", schedule_source)
