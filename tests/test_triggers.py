@@ -101,8 +101,7 @@ def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_ru
 def test_tick_says_when_monitoring_is_missing(workspace, pipeline, monkeypatch):
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_KINDS", "drift, quality")
     proc = notebench("tick", env={"NOTEBENCH_TRIGGERS_KINDS": "drift, quality"}, check=True)
-    assert "drift: nbs_lib.monitoring is not in this build" in proc.stdout
-    assert "quality: nbs_lib.monitoring is not in this build" in proc.stdout
+    assert "drift, quality: nbs_lib.monitoring is not in this build" in proc.stdout
 
 
 def test_schedule_fires_once_per_due_time_across_restarts(workspace, pipeline, monkeypatch):

@@ -103,8 +103,9 @@ def _cron(expr: str):
     from croniter import croniter
 
     if not croniter.is_valid(expr):
-        raise SettingsError(f"[triggers] schedule = {expr!r} is not a cron expression", key="triggers.schedule",
-                            expected="five fields, e.g. '0 3 * * *' (03:00 every day), in the machine's local time")
+        expected = "five fields, e.g. '0 3 * * *' (03:00 every day), in the machine's local time"
+        raise SettingsError(f"[triggers] schedule = {expr!r} is not a cron expression; expected {expected}",
+                            key="triggers.schedule", expected=expected)
     return croniter
 
 

@@ -49,6 +49,7 @@ class TickResult:
     waiting: str | None = None  # why queued events did not start a run in this pass
     notes: list[str] = field(default_factory=list)  # sources that could not be polled, and why
     error: str | None = None  # the run failed, or the pipeline could not start
+    queued: int = 0  # events still queued after the pass
 
     @property
     def exit_code(self) -> int:
@@ -69,7 +70,9 @@ class TickResult:
             out.append(f"error: {self.error}")
         if self.waiting:
             out.append(f"waiting: {self.waiting}")
-        if len(out) == len(self.notes):
+        if not self.run_id and not self.waiting and self.queued:
+            out.append(f"{self.queued} event(s) queued; a pass that may run (tick, watch) will start them")
+        elif len(out) == len(self.notes):
             out.append(f"nothing to do for {self.pipeline}: no queued events")
         return out
 
@@ -102,6 +105,7 @@ def tick(workspace=None, *, run: bool = True, lineage: bool = True, now: float |
         result.enqueued = poll(Poll(ws, store, spec, time.time() if now is None else now), enabled, result.notes)
         if run:
             _start(ws, spec, store, enabled, result, progress, may_start, lineage)
+        result.queued = len(store.queued())
     return result
 
 
@@ -116,7 +120,7 @@ def _enabled_kinds(ws) -> list[str]:
 
 def poll(p: Poll, enabled: list[str], notes: list[str]) -> list[Event]:
     """Ask each enabled kind's source what it sees; enqueue what was not recorded before."""
-    out = []
+    out, unavailable = [], {}
     for name in enabled:
         kind = KINDS[name]
         if kind.source is None:
@@ -124,12 +128,13 @@ def poll(p: Poll, enabled: list[str], notes: list[str]) -> list[Event]:
         try:
             found: list[Found] = list(kind.source(p))
         except SourceUnavailable as exc:
-            notes.append(f"{name}: {exc}")
+            unavailable.setdefault(str(exc), []).append(name)
             continue
         for f in found:
             event = p.store.add(name, f.reason, details=f.details, source=f"source:{name}", key=f.key)
             if event:
                 out.append(event)
+    notes += [f"{', '.join(kinds)}: {why}" for why, kinds in unavailable.items()]
     return out
 
 
@@ -320,12 +325,18 @@ class _Stopper:
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.stopping.is_set() and self.in_run:
-            self.say(f"{name} again: interrupting the run: steps running now finish, no other step starts; the run "
+            self._say(f"{name} again: interrupting the run: steps running now finish, no other step starts; the run "
                      "is recorded as interrupted and its events are queued again")
             raise KeyboardInterrupt
         self.stopping.set()
-        self.say(f"{name}: finishing the run in progress, then stopping (send it again to interrupt the run)"
-                 if self.in_run else f"{name}: stopping; queued events stay queued")
+        self._say(f"{name}: finishing the run in progress, then stopping (send it again to interrupt the run)"
+                  if self.in_run else f"{name}: stopping; queued events stay queued")
+
+    def _say(self, text: str) -> None:
+        try:
+            self.say(text)
+        except RuntimeError:  # the signal landed while the main thread was writing to the same stream
+            pass
 
 
 def watch(workspace=None, interval: float | None = None, *, lineage: bool = True, out=None,
