@@ -260,6 +260,10 @@ def test_cli_trigger_events_and_bad_input(workspace, pipeline):
     listed = notebench("events", "--json", check=True)
     [event] = json.loads(listed.stdout)
     assert event["kind"] == "on_demand" and event["status"] == "queued" and "@" in event["source"]
+    frame = read_events(workspace)  # what the dashboards show
+    assert list(frame.columns[:9]) == ["id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into",
+                                       "details"]
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]" and frame.loc[0, "details"] == {"pipeline": "tp"}
     with EventStore(workspace) as store:
         assert store.path == workspace / "triggers" / "events.db"
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -12,10 +12,21 @@ def cmd_watch(args) -> int:
     return watch(interval=args.interval, lineage=not args.no_lineage)
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM acts as Ctrl-C: a run in progress is recorded as interrupted and its events are queued again."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def cmd_tick(args) -> int:
     """One pass: poll the sources once, start one training run for everything queued; print what happened."""
     from .service import tick
 
+    _sigterm_interrupts()
     result = tick(run=not args.no_run, lineage=not args.no_lineage)
     for line in result.lines():
         print(line)
@@ -38,6 +49,7 @@ def cmd_trigger(args) -> int:
     print(f"enqueued: {event.line()}")
     if args.no_run:
         return 0
+    _sigterm_interrupts()
     result = tick(ws, lineage=not args.no_lineage)
     for line in result.lines():
         print(line)

@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["STATUSES", "Event", "EventStore", "as_workspace", "enqueue", "read_events"]
+from ..errors import NotebenchError
+
+__all__ = ["STATUSES", "Event", "EventStore", "TriggerInputError", "as_workspace", "enqueue", "read_events"]
 
 STATUSES = ("queued", "started", "coalesced", "skipped")
 COLUMNS = ("id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into", "details", "note",
@@ -47,6 +49,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_kind_key ON events(kind, key) WHERE key
 CREATE INDEX IF NOT EXISTS events_status ON events(status);
 CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class TriggerInputError(NotebenchError):
+    """A trigger event asked for with bad input (no reason); nothing was recorded."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -222,11 +230,7 @@ def enqueue(workspace, kind: str, reason: str, *, details: dict | None = None, s
 
     check_kind(kind)
     if not reason or not reason.strip():
-        from ..errors import NotebenchError
-
-        err = NotebenchError(f"a {kind} trigger needs a reason (e.g. --reason \"new holdout data from finance\")")
-        err.exit_code = 2
-        raise err
+        raise TriggerInputError(f"a {kind} trigger needs a reason (e.g. --reason \"new holdout data from finance\")")
     with EventStore(workspace) as store:
         return store.add(kind, reason.strip(), details=details, source=source or who(), key=key)
 
@@ -242,6 +246,4 @@ def read_events(workspace=None, limit: int | None = None):
     frame["updated"] = pd.to_datetime(frame["updated"], unit="s", utc=True)
     frame["coalesced_into"] = frame["coalesced_into"].astype("Int64")
     frame["id"] = frame["id"].astype("int64")
-    cols = ["id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into", "details", "note", "key",
-            "updated"]
-    return frame[cols]
+    return frame
