@@ -26,11 +26,12 @@ TRAIN = ("import pathlib, time\ntime.sleep({sleep})\n"
          "pathlib.Path(step.output('model')).write_text(context['trigger'])")
 
 
-def trigger_pipeline(folder: Path, sleep: float = 0.0) -> Path:
+def trigger_pipeline(folder: Path, sleep: float = 0.0, train: str | None = None) -> Path:
     """ingest (takes landing batches into a ledger, like the training pipeline's) -> train (sleeps)."""
     return make_pipeline(folder, {
         "ingest": {"body": INGEST, "inputs": ["landing/*/*.parquet"], "products": {"ledger": "ledger.json"}},
-        "train": {"body": TRAIN.format(sleep=sleep), "upstream": ["ingest"], "products": {"model": "model.txt"}},
+        "train": {"body": train or TRAIN.format(sleep=sleep), "upstream": ["ingest"],
+                  "products": {"model": "model.txt"}},
     })
 
 
@@ -95,6 +96,18 @@ def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_ru
     assert fourth.run_id is None and len(runs(workspace)) == 2
     assert events(workspace)[off.id]["status"] == "skipped"
     assert "not in [triggers] kinds" in events(workspace)[off.id]["note"]
+
+
+def test_a_failed_run_is_final_for_its_events_and_the_pass_exits_1(workspace, tmp_path, monkeypatch):
+    broken = trigger_pipeline(tmp_path / "tp", train="raise ValueError('no model today')")
+    monkeypatch.setenv("NOTEBENCH_TRIGGERS_PIPELINE", str(broken))
+    monkeypatch.setenv("NOTEBENCH_PIPELINE_WARM_IMPORTS", "nbs_lib.step")
+    event = enqueue(workspace, "on_demand", "try it")
+    failed = tick(workspace, lineage=False)
+    assert failed.run_state == "failed" and failed.exit_code == 1 and "no model today" in failed.error
+    assert events(workspace)[event.id]["status"] == "started" and events(workspace)[event.id]["run_id"] == failed.run_id
+    again = tick(workspace, lineage=False)  # not retried in a loop: a failed run is fixed, then triggered again
+    assert again.run_id is None and again.exit_code == 0 and len(runs(workspace)) == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nbs_lib.monitoring") is not None, reason="monitoring is built")

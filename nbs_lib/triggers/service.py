@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import NotebenchError, PipelineBusy, SettingsError, StepFailed
+from ..errors import NotebenchError, PipelineBusy, SettingsError
 from ..progress import TerminalProgress
 from .events import Event, EventStore, as_workspace
 from .kinds import KINDS, Found, Poll, SourceUnavailable
@@ -268,15 +268,14 @@ def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, p
         result.run_state = record["state"]
     except PipelineBusy as exc:
         result.waiting = f"{exc}; {len(queued)} event(s) stay queued"
-    except StepFailed as exc:
-        result.run_state, result.error = "failed", str(exc)
-    except NotebenchError as exc:
-        result.error = f"the run could not start: {exc}" if recorder.run_id is None else str(exc)
-        result.run_state = "failed" if recorder.run_id else None
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
         result.run_state = "interrupted"
         _record_interrupted(ws, spec, store, recorder.run_id)
         raise
+    except Exception as exc:  # a failed step, a bad spec, or a bug: a started run failed (final, not retried)
+        what = str(exc) if isinstance(exc, NotebenchError) else f"{type(exc).__name__}: {exc}"
+        result.run_state = "failed" if recorder.run_id else None
+        result.error = what if recorder.run_id else f"the run could not start: {what}"
     finally:
         result.run_id = recorder.run_id
         if recorder.run_id:
