@@ -145,11 +145,11 @@ class EventStore:
     def add(self, kind: str, reason: str, *, details: dict | None = None, source: str | None = None,
             key: str | None = None, now: float | None = None) -> Event | None:
         """Record a queued event; None when an event of this kind with this `key` already exists."""
-        now = time.time() if now is None else now
-        with self.transaction() as db:
+        with self.transaction() as db:  # `updated` is taken under the write lock: commit order is `updated` order
+            stamp = time.time()
             cur = db.execute("INSERT OR IGNORE INTO events (time, kind, reason, source, details, key, updated) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (now, kind, reason, source, json.dumps(details or {}, default=str), key, now))
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (stamp if now is None else now, kind, reason, source,
+                                                              json.dumps(details or {}, default=str), key, stamp))
             if not cur.rowcount:
                 return None
             return self.get(cur.lastrowid)

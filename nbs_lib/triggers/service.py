@@ -349,7 +349,8 @@ def watch(workspace=None, interval: float | None = None, *, lineage: bool = True
     stopper.install()
     say(f"watching for triggers of {spec.name} ({spec.file}) every {interval:g} s; kinds: "
         f"{', '.join(_enabled_kinds(ws))}; Ctrl-C or SIGTERM stops")
-    seen, done = {"mark": time.time(), "said": []}, 0
+    seen, done = {"said": []}, 0
+    printer = _EventPrinter(ws, say, min(interval, 1.0))
     try:
         while not stopper.stopping.is_set() and (passes is None or done < passes):
             _watch_pass(ws, lineage, say, stopper, seen)
@@ -357,9 +358,35 @@ def watch(workspace=None, interval: float | None = None, *, lineage: bool = True
             if passes is None or done < passes:
                 stopper.stopping.wait(interval)
     finally:
+        printer.stop()
         stopper.restore()
     say("stopped")
     return 0
+
+
+class _EventPrinter(threading.Thread):
+    """Prints every event as it is enqueued or settled, also while a run keeps the passes busy."""
+
+    def __init__(self, ws, say, every: float):
+        super().__init__(name="notebench-events", daemon=True)
+        self.ws, self.say, self.every = ws, say, every
+        self.done, self.mark = threading.Event(), time.time()
+        self.start()
+
+    def run(self) -> None:
+        with EventStore(self.ws) as store:
+            while not self.done.wait(self.every):
+                self._print(store)
+            self._print(store)
+
+    def _print(self, store: EventStore) -> None:
+        for e in store.changed_since(self.mark):
+            self.say(e.line())
+            self.mark = max(self.mark, e.updated)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
 
 
 def _watch_pass(ws, lineage: bool, say, stopper: _Stopper, seen: dict) -> None:
@@ -371,7 +398,6 @@ def _watch_pass(ws, lineage: bool, say, stopper: _Stopper, seen: dict) -> None:
         return
     finally:
         stopper.in_run = False
-    seen["mark"] = _say_events(ws, seen["mark"], say)
     if result.run_id:
         say(f"run {result.run_id} {result.run_state}" + (f": {result.error}" if result.error else ""))
     said = [f"note: {n}" for n in result.notes] + [x for x in (result.error, result.waiting) if x and not result.run_id]
@@ -392,12 +418,3 @@ def _watch_recorder(say):
         return WatchRecorder(store, ids, stream=sys.stderr)
 
     return make
-
-
-def _say_events(ws, mark: float, say) -> float:
-    """Print every event that changed since `mark`; return the new mark."""
-    with EventStore(ws) as store:
-        changed = store.changed_since(mark)
-    for e in changed:
-        say(e.line())
-    return max([mark, *(e.updated for e in changed)])
