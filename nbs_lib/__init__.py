@@ -3,7 +3,7 @@
 Modules:
 
 - `nbs_lib.data`: The use case's data contract: its columns, the schema every feature batch must match, loading the landing area, and a time-based split.
-- `nbs_lib.demo`: `notebench demo`: the whole level-2 loop on the demo world — what `make demo` runs.
+- `nbs_lib.demo`: `notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
 - `nbs_lib.demo_data`: A deterministic subscription-churn world: a fixed customer base, daily feature snapshots, delayed labels, and scenarios that break things the way real data does.
 - `nbs_lib.drift`: Reference profiles and drift: per-feature statistics computed once, then compared with any new window.
 - `nbs_lib.evaluation`: Holdout metrics for a model's probabilities, overall and per segment, as plain dicts and as MLflow metric names.
@@ -36,6 +36,9 @@ Modules:
 - `nbs_lib.spec`: pipeline.yaml: a pipeline's steps, their notebooks, upstream steps, parameters and products — and its checks.
 - `nbs_lib.step`: The step API: how a step notebook reads its inputs, writes its products and records metrics and verdicts.
 - `nbs_lib.store`: Where a pipeline keeps its state in the workspace: products and their manifests, run records, the lock.
+- `nbs_lib.triggers.events`: The trigger event store: every trigger event, durable in SQLite (WAL) inside the workspace, and what became of it.
+- `nbs_lib.triggers.kinds`: Trigger kinds: a registry of named sources, each polled once per pass of the trigger service.
+- `nbs_lib.triggers.service`: The trigger service: one pass (`tick`) polls every enabled source, then starts one training run for all queued events; `watch` repeats passes until Ctrl-C or SIGTERM.
 - `nbs_lib.validation`: The data validation gate, as TFX's ExampleValidator does it: schema anomalies stop, value skew is recorded."""
 
 __version__ = "0.1.0"

@@ -266,6 +266,7 @@ def cmd_rollback(args) -> int:
 COMMAND_MODULES = (
     "nbs_lib.serving.commands",
     "nbs_lib.monitoring_commands",
+    "nbs_lib.triggers.commands",
 )
 
 

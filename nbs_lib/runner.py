@@ -177,7 +177,11 @@ class _Run:
             self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root, self.cfg["parallelism"])
             threading.Thread(target=_import_papermill, daemon=True).start()
         self.progress.start(self.spec, self.run_id, selected)
-        failure = self._schedule(selected, forced)
+        try:
+            failure = self._schedule(selected, forced)
+        except BaseException as exc:  # a signal (KeyboardInterrupt) or a bug mid-run: never leave it "running"
+            self._finish(None, unexpected=exc)
+            raise
         self._finish(failure)
         if failure:
             raise failure
@@ -243,6 +247,7 @@ class _Run:
                                      for p, f in self.spec.steps[u].products.items()} for u in step.upstream}}
         params.update({k: v for k, v in injected.items() if k in step.declared and k in INJECTED})
         timeout = step.timeout or self.cfg["timeout"]
+        _import_papermill()  # waits for the warm-up import if it is still running
         _papermill(step, notebook, params, timeout, self._kernel_kwargs(step), self._resume_hint(step))
         missing = [p for p, path in products.items() if not Path(path).exists()]
         if missing:
@@ -269,13 +274,17 @@ class _Run:
         self._send_end(step, "FINISHED", started, products={
             p: {"path": products[p], "sha256": d} for p, d in manifest.get("products", {}).items()})
 
-    def _finish(self, failure: StepFailed | None) -> None:
-        self.record.update(state="failed" if failure else "succeeded", ended=time.time(),
-                           error=str(failure) if failure else None)
+    def _finish(self, failure: StepFailed | None, unexpected: BaseException | None = None) -> None:
+        interrupted = isinstance(unexpected, (KeyboardInterrupt, SystemExit))
+        state = "interrupted" if interrupted else "failed" if failure or unexpected else "succeeded"
+        error = ("interrupted by a signal; steps that had not started did not run" if interrupted
+                 else f"{type(unexpected).__name__}: {unexpected}" if unexpected else failure)
+        self.record.update(state=state, ended=time.time(), error=str(error) if error else None)
         self.record.save()
         cached = sum(1 for s in self.record["steps"].values() if s.get("state") == "cached")
         if self.lineage:
-            self.lineage.send({"op": "end", "key": "pipeline", "status": "FAILED" if failure else "FINISHED",
+            status = {"interrupted": "KILLED", "failed": "FAILED"}.get(state, "FINISHED")
+            self.lineage.send({"op": "end", "key": "pipeline", "status": status,
                                "end_ms": now_ms(), "tags": {"notebench.state": self.record["state"]},
                                "metrics": {"duration_s": self.record["ended"] - self.record["started"],
                                            "steps_cached": cached}})
@@ -375,9 +384,14 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+_IMPORTS = threading.Lock()  # papermill and jupyter_client imported by two threads at once can deadlock importlib
+
+
 def _import_papermill() -> None:
     """Import papermill ahead of the first step (it takes seconds)."""
-    import papermill  # noqa: F401
+    with _IMPORTS:
+        import jupyter_client.kernelspec  # noqa: F401
+        import papermill  # noqa: F401
 
 
 def _start_pool(imports: list[str], root: Path, parallelism: int):
