@@ -667,7 +667,8 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
         return
     newest = int(feedback["time"].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").max())
     before = p.con.execute("SELECT value FROM state WHERE key = 'feedback_t'").fetchone()
-    waiting = (pending["labels"].fillna(0) >= p.th.min_labels).any() if "labels" in pending else False
+    waiting = (pd.to_numeric(pending["labels"], errors="coerce").fillna(0) >= p.th.min_labels).any() \
+        if "labels" in pending else False
     if before is not None and newest <= int(before[0]) and not waiting and not p.windows:
         return  # no label arrived since the last pass, and no window was waiting for its labels to settle
     p.state["feedback_t"] = str(newest)
