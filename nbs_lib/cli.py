@@ -264,6 +264,7 @@ def cmd_rollback(args) -> int:
 # nothing heavy at module level, so that `notebench --help` stays instant.
 COMMAND_MODULES = (
     "nbs_lib.serving.commands",
+    "nbs_lib.dashboards.commands",
 )
 
 
