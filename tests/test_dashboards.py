@@ -139,24 +139,30 @@ def server(seeded):
 
 @pytest.fixture(scope="module")
 def browser():
+    """One browser profile for the module, as a stakeholder clicking through the pages has (Voila's scripts cached
+    after the first page)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield chromium
+        context = chromium.new_context(viewport={"width": 1280, "height": 900})
+        yield context
+        context.close()
         chromium.close()
 
 
 def load(browser, server, page_name: str, tag: str) -> dict:
     """Open a dashboard once its kernel is warm: time to fully rendered, text, console errors, a screenshot."""
     server.wait_ready(page_name)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page()
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     started = time.perf_counter()
     page.goto(f"{server.url}/voila/render/{page_name}.ipynb")
-    page.wait_for_selector("#notebench-rendered", state="attached", timeout=90_000)
+    page.wait_for_function("document.querySelector('#notebench-rendered') !== null || "
+                           "document.body.innerText.includes('There was an error when executing cell')",
+                           timeout=90_000)  # a failing cell stops Voila: the marker would never come
     seconds = time.perf_counter() - started
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{tag}-{page_name}.png"), full_page=True)

@@ -75,10 +75,17 @@ def client(ws=None):
 
 def warm_up(ws=None) -> None:
     """Import what the panels use and open the MLflow store, so that a page's first query does not pay for it."""
-    import matplotlib.pyplot  # noqa: F401
+    import matplotlib.pyplot as plt
     import mlflow  # noqa: F401
     import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
 
+    from .. import registry, store  # noqa: F401
+    from ..serving import predlog  # noqa: F401
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.canvas.draw()  # loads the fonts
+    plt.close(fig)
     c = client(ws)
     if c is not None:
         c.search_registered_models(max_results=1)
@@ -348,9 +355,9 @@ def drift_status(ws=None, results=None) -> dict:
     severe = alerts.get("dataset_drift") or alerts.get("prediction_drift") or alerts.get("quality")
     state = RED if severe else AMBER if drifting or alerts.get("data_quality") else GREEN
     first = latest.iloc[0]
-    return {"state": state, "window_id": first["window_id"], "window_end": first["window_end"],
-            "model_version": first["model_version"], "rows": first["rows"], "drifting": drifting,
-            "features": drift["feature"].nunique(), "alerts": alerts}
+    return {"state": state, "window_id": str(first["window_id"]), "window_end": first["window_end"].isoformat(),
+            "model_version": str(first["model_version"]), "rows": int(first["rows"]), "drifting": drifting,
+            "features": int(drift["feature"].nunique()), "alerts": alerts}
 
 
 def quality_over_time(ws=None, results=None, method: str = "auc"):
@@ -433,7 +440,7 @@ def _trigger_check(f) -> tuple[str, str]:
     if t.empty:
         return GREY, "no trigger fired yet"
     last = t.iloc[0]
-    state = RED if str(last.get("status")) in ("failed", "error") else GREEN
+    state = AMBER if last["status"] == "queued" else GREEN  # queued: a training run is waiting to start
     return state, f"last: {last['kind']} ({last['status']}) - {last['reason']}"
 
 

@@ -140,8 +140,15 @@ def cards(checks: list[dict]) -> str:
 def kv(pairs: dict) -> str:
     """A definition list of label -> value (values escaped unless wrapped in `Markup`)."""
     body = "".join(f"<dt>{_esc(k)}</dt><dd>{v if isinstance(v, Markup) else _esc(v)}</dd>"
-                   for k, v in pairs.items() if v not in (None, "", [], {}))
+                   for k, v in pairs.items() if not _blank(v))
     return f'<dl class="nb-page nb-kv">{body}</dl>'
+
+
+def _blank(value) -> bool:
+    """None, NaN, or an empty text, list or dict (any other value, numpy's and pandas' included, is shown)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return isinstance(value, str | list | tuple | dict) and len(value) == 0
 
 
 def _cell(value, fmt: str | None) -> tuple[str, bool]:
