@@ -2,6 +2,9 @@
 
 Modules:
 
+- `nbs_lib.dashboards.panels`: What the dashboards show, read from the workspace: one function per panel, each returning plain data.
+- `nbs_lib.dashboards.render`: How a dashboard panel looks: the page header, state badges, tables, plots and the "nothing yet" notice.
+- `nbs_lib.dashboards.server`: `serve(...)`: Voila on the dashboards folder, with a landing page, the executed notebooks, and warm kernels.
 - `nbs_lib.data`: The use case's data contract: its columns, the schema every feature batch must match, loading the landing area, and a time-based split.
 - `nbs_lib.demo`: `notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
 - `nbs_lib.demo_data`: A deterministic subscription-churn world: a fixed customer base, daily feature snapshots, delayed labels, and scenarios that break things the way real data does.

@@ -267,6 +267,7 @@ COMMAND_MODULES = (
     "nbs_lib.serving.commands",
     "nbs_lib.monitoring_commands",
     "nbs_lib.triggers.commands",
+    "nbs_lib.dashboards.commands",
 )
 
 
