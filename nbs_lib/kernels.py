@@ -241,6 +241,9 @@ def _run_kernel(request: dict) -> int:
 
     parent = request["env"].get("JPY_PARENT_PID") or "0"  # the class default was read in the server's environment
     app = IPKernelApp.instance()
+    # jupyter_client binds step kernels to 127.0.0.1 over TCP; ipykernel 7 warns about it on every start, which
+    # would print once per step into the run's progress
+    app.log.addFilter(lambda record: "without encryption" not in record.getMessage())
     app.initialize(["-f", request["connection_file"], f"--IPKernelApp.parent_handle={parent}", *request["args"]])
     app.start()
     return 0
