@@ -86,7 +86,7 @@ def cmd_lab(args, extra: list[str]) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Land the demo data and run the training pipeline twice, showing each verdict."""
+    """Run the closed loop on the demo world, showing each event."""
     from .demo import run_demo
 
     return run_demo(_workspace(), days=args.days, more_days=args.more_days, customers=args.customers,
@@ -305,9 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dry-run", action="store_true", help="print the command and environment, start nothing")
     lab.set_defaults(func=cmd_lab, passthrough=True)
 
-    demo = sub.add_parser("demo", help="land demo data, run the training pipeline twice (what `make demo` runs)")
-    demo.add_argument("--days", type=int, default=30, help="days in the first batch (default: 30)")
-    demo.add_argument("--more-days", type=int, default=8, help="days in the second batch (default: 8)")
+    demo = sub.add_parser("demo", help="the whole loop: train, serve, replay shifted traffic, monitor, retrain on "
+                                       "drift, promote, swap (what `make demo` runs)")
+    demo.add_argument("--days", type=int, default=30, help="days the first champion trains on (default: 30)")
+    demo.add_argument("--more-days", type=int, default=8,
+                      help="days replayed as traffic, then landed (the shift starts on the first; default: 8)")
     demo.add_argument("--customers", type=int, default=1500, help="size of the demo customer base (default: 1500)")
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)

@@ -20,22 +20,31 @@ def test_demo_data_rejects_an_unknown_scenario(workspace):
     assert proc.returncode == 2 and "invalid choice: 'meteor'" in proc.stderr
 
 
-def test_demo_trains_twice_through_the_pipeline_and_shows_the_verdicts(workspace):
+def test_demo_closes_the_loop(workspace):
+    """Train, serve, replay shifted traffic, monitor, trigger, retrain, promote, swap: each event printed."""
     args = ("demo", "--days", "24", "--more-days", "4", "--customers", "300", "--trials", "2")
     proc = notebench(*args, check=True)
     out = proc.stdout
-    assert out.count("model version") == 2
     assert "no champion yet: no baseline to compare with" in out  # the first model, handled explicitly
-    assert "champion" in out.split("3. Landing")[1]  # the second model was compared with the champion
+    served = out.split("3. Serving the champion")[1]
+    assert "serves notebench-model version 1" in served and " 0 failed requests" in served
+    assert "new_data event(s)" in served  # the landed days; drift alerts join them when the window shows them
+    assert "of training: succeeded" in served  # one training run started by the trigger pass
+    assert "model version 2" in served and "champion v1" in served  # compared with the champion on one holdout
+    if "promoted to champion" in served.split("model version 2")[1]:
+        assert "the service swapped to version 2 (as expected)" in out
     from mlflow import MlflowClient
 
     from nbs_lib.registry import versions
+    from nbs_lib.serving import read_feedback, read_predictions
+    from nbs_lib.triggers import read_events
 
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}", f"sqlite:///{workspace / 'mlflow.db'}")
     rows = versions(client, "notebench-model")
     assert [r["version"] for r in rows] == ["2", "1"] and rows[0]["blessed"] is not None
-    assert any("champion" in r["aliases"] for r in rows)
     exp = client.get_experiment_by_name("notebench")
     assert exp.artifact_location.startswith(f"file://{workspace}")  # artifacts stay inside the workspace
-    again = notebench(*args, check=True)  # everything landed and cached: the second demo is quick
-    assert "never ran" not in again.stderr and "changed" not in again.stderr
+    events = read_events(workspace)
+    started = events[events.status == "started"]
+    assert len(started) >= 1 and started.run_id.nunique() == 1  # every event joined the one run
+    assert len(read_predictions(workspace)) == len(read_feedback(workspace)) > 0  # every prediction got its label
