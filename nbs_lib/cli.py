@@ -137,13 +137,14 @@ def cmd_runs(args) -> int:
     if not records:
         print("no runs yet; start one with `notebench run PIPELINE`")
         return 0
-    print(f"{'run':<24} {'pipeline':<12} {'state':<10} {'steps':<20} {'trigger':<10} started")
+    print(f"{'run':<24} {'pipeline':<12} {'state':<10} {'steps':<20} {'started':<19} trigger")
     for rec in records[: args.limit]:
         states = [s.get("state", "?") for s in rec["steps"].values()]
         counts = ", ".join(f"{states.count(k)} {k}" for k in ("done", "cached", "failed") if states.count(k))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"]))
-        print(f"{rec['run_id']:<24} {rec['pipeline']:<12} {rec['state']:<10} {counts:<20} "
-              f"{rec.get('trigger', ''):<10} {started}")
+        trigger = rec.get("trigger", "") or ""
+        trigger = trigger if len(trigger) <= 60 else trigger[:57] + "..."  # `notebench show` prints it whole
+        print(f"{rec['run_id']:<24} {rec['pipeline']:<12} {rec['state']:<10} {counts:<20} {started:<19} {trigger}")
     return 0
 
 
