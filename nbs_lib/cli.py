@@ -108,15 +108,15 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_run(args) -> int:
     """Run a pipeline (or explain what a run would do)."""
-    from .runner import RunOptions, explain, run_pipeline
-    from .spec import find_pipeline, load_spec
+    from .runner import RunOptions, explain, resolve, run_pipeline
 
     opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only, to_step=args.to_step,
                       parameters=_parse_params(args.param), trigger=args.trigger, wait=args.wait,
-                      executor=args.executor, lineage=not args.no_lineage, wait_lineage=args.wait_lineage)
+                      executor=args.executor, lineage=not args.no_lineage, wait_lineage=args.wait_lineage,
+                      env=args.env)
     if args.explain:
         ws = _workspace()
-        spec = load_spec(find_pipeline(args.pipeline, ws.settings.root))
+        spec, _ = resolve(args.pipeline, ws, args.env)
         for plan in explain(spec, ws, opts):
             print(f"{plan.step:<16} {plan.action:<7} {'; '.join(plan.reasons)}")
         return 0
@@ -131,7 +131,7 @@ def cmd_runs(args) -> int:
     ws = _workspace()
     records = []
     for folder in sorted((ws.root / "pipelines").glob("*")) if (ws.root / "pipelines").exists() else []:
-        if not args.pipeline or folder.name == args.pipeline:
+        if not args.pipeline or folder.name.split("@")[0] == args.pipeline:
             records += PipelineStore(ws.root, folder.name).runs()
     records.sort(key=lambda r: r["started"], reverse=True)
     if not records:
@@ -142,7 +142,8 @@ def cmd_runs(args) -> int:
         states = [s.get("state", "?") for s in rec["steps"].values()]
         counts = ", ".join(f"{states.count(k)} {k}" for k in ("done", "cached", "failed") if states.count(k))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"]))
-        print(f"{rec['run_id']:<24} {rec['pipeline']:<12} {rec['state']:<10} {counts:<20} "
+        where = rec["pipeline"] + (f"@{rec['env']}" if rec.get("env") else "")
+        print(f"{rec['run_id']:<24} {where:<12} {rec['state']:<10} {counts:<20} "
               f"{rec.get('trigger', ''):<10} {started}")
     return 0
 
@@ -247,7 +248,11 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    """Move the champion back to the previous champion, recorded."""
+    """Move the champion back to the previous champion (or, with --env, an environment to its previous release)."""
+    if args.env:
+        from .deploy_commands import cmd_rollback_env
+
+        return cmd_rollback_env(args)
     from .registry import rollback
 
     _, client, name = _registry()
@@ -264,6 +269,7 @@ def cmd_rollback(args) -> int:
 # nothing heavy at module level, so that `notebench --help` stays instant.
 COMMAND_MODULES = (
     "nbs_lib.serving.commands",
+    "nbs_lib.deploy_commands",
 )
 
 
@@ -316,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", metavar="STEP", help="run only STEP (its upstream products must exist)")
     r.add_argument("--to", dest="to_step", metavar="STEP", help="run STEP and the steps it needs, nothing after it")
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    r.add_argument("--env", help="run the pipeline version deployed in this environment (see `notebench environments`)")
     r.add_argument("--trigger", default="manual", help="what started this run, recorded in lineage (default: manual)")
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
     r.add_argument("--executor", default="local", help="step executor (default: local)")
@@ -347,8 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reason", help="why, recorded in the champion history")
     pr.set_defaults(func=cmd_promote)
 
-    rb = sub.add_parser("rollback", help="move the champion back to the previous champion (recorded)")
-    rb.add_argument("--reason", help="why, recorded in the champion history")
+    rb = sub.add_parser("rollback", help="move the champion back to the previous champion (recorded); with --env, "
+                                         "an environment back to its previous release")
+    rb.add_argument("--reason", help="why, recorded in the champion (or environment) history")
+    rb.add_argument("--env", help="roll back this deployment environment instead of the champion")
+    rb.add_argument("--by", help="with --env: who, recorded (default: the current user)")
     rb.set_defaults(func=cmd_rollback)
 
     sh = sub.add_parser("show", help="show a run: steps, products, executed notebooks")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["KernelError", "NotebenchError", "SettingsError"]
+__all__ = ["BundleError", "DeployRefused", "KernelError", "NotebenchError", "SettingsError"]
 
 
 class NotebenchError(Exception):
@@ -134,3 +134,20 @@ class NoFeatureRepoError(UnknownEntityError):
         self.path = path  # the feature repo folder that does not exist
         self.args = (f"no online features for any {entity}: this workspace has no feature repo at {path}; apply and "
                      "materialize one, or send full feature records instead",)
+
+
+class BundleError(NotebenchError):
+    """A pipeline bundle cannot be built, read or trusted: names the file and what does not match."""
+
+    exit_code = 2
+
+
+class DeployRefused(NotebenchError):
+    """A deploy or rollback was refused by an environment's rules; the environment is unchanged."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, env: str | None = None, bundle: str | None = None):
+        self.env, self.bundle = env, bundle  # the environment asked for, and the bundle hash concerned
+        where = f"environment '{env}'" + (f", bundle {bundle[:12]}" if bundle else "") + ": " if env else ""
+        super().__init__(where + message)
