@@ -2,10 +2,12 @@
 
 Modules:
 
+- `nbs_lib.bundle`: Pipeline bundles: the versioned, content-addressed artifact that CI builds and environments deploy.
 - `nbs_lib.data`: The use case's data contract: its columns, the schema every feature batch must match, loading the landing area, and a time-based split.
 - `nbs_lib.demo`: `notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
 - `nbs_lib.demo_data`: A deterministic subscription-churn world: a fixed customer base, daily feature snapshots, delayed labels, and scenarios that break things the way real data does.
 - `nbs_lib.drift`: Reference profiles and drift: per-feature statistics computed once, then compared with any new window.
+- `nbs_lib.environments`: Environments: where pipeline bundles are released, which one runs, the promotion rules, and rollback.
 - `nbs_lib.evaluation`: Holdout metrics for a model's probabilities, overall and per segment, as plain dicts and as MLflow metric names.
 - `nbs_lib.executors`: Executors run ready steps; they plug in through a registry, so a Dask executor needs no runner change.
 - `nbs_lib.features`: Derived features, computed by the same code in training and in serving.
