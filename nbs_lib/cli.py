@@ -168,6 +168,8 @@ def cmd_show(args) -> int:
     print(f"run {rec['run_id']} of pipeline {rec['pipeline']}: {rec['state']}")
     print(f"  trigger {rec.get('trigger')} by {rec.get('user')}; git {rec['git']['commit'][:12]}"
           f"{' (dirty)' if rec['git']['dirty'] == 'true' else ''}; MLflow run {mlflow_ids.get('pipeline', '-')}")
+    if rec.get("env"):
+        print(f"  in environment {rec['env']}, bundle {rec['bundle'][:12]}  (see `notebench environments`)")
     for name, state, duration, note in summary_rows(rec):
         step = rec["steps"][name]
         print(f"\n  {name}: {state} {duration}  {note}")

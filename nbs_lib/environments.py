@@ -9,7 +9,8 @@
 Rules come from `[environments]`, by position in `names` (promotion order), unless a rule list is registered
 for a name with `register_rules`: the first environment accepts a bundle whose smoke stage passed; the others
 need every CI stage green; the last (prod) also needs `prod_min_staging_runs` successful runs of that same
-bundle's training pipeline (`[triggers] pipeline`) in the environment before it, and an explicit approval.
+bundle's training pipeline (`[triggers] pipeline`) in the environment before it (runs that executed at least one
+step: an all-cached run ran none of its code), and an explicit approval.
 Every refusal leaves the environment as it was.
 
 A pipeline run in an environment (`notebench run P --env E`) reads the spec of E's current release, keeps its
@@ -121,10 +122,11 @@ class Environment:
         return PipelineStore(self.ws.root, pipeline, env=self.name).runs()
 
     def successful_runs(self, bundle_hash: str, pipeline: str | None = None) -> list[str]:
-        """Ids of the succeeded runs of the training pipeline (or `pipeline`) of that bundle here."""
+        """Ids of the succeeded runs of the training pipeline (or `pipeline`) of that bundle here in which a step
+        executed: a run that found everything cached ran none of the bundle's code, so it proves nothing."""
         pipeline = pipeline or self.ws.settings.value("triggers", "pipeline")
         return [r["run_id"] for r in self.runs(pipeline) if r.get("bundle") == bundle_hash
-                and r.get("state") == "succeeded"]
+                and r.get("state") == "succeeded" and any(s.get("state") == "done" for s in r["steps"].values())]
 
 
 def environment(ws: Workspace, name: str) -> Environment:
@@ -353,10 +355,11 @@ def pipeline_spec_path(workspace: Workspace, pipeline: str, env: str | None = No
 
 
 def run_variables(ws: Workspace, env: str, release: Release) -> dict[str, str]:
-    """Environment variables a step kernel of a run in `env` gets: which environment and bundle, and where
-    its models are registered (`<model_name>-<env>` except in the last environment)."""
+    """Environment variables a step kernel of a run in `env` gets: which environment and bundle, the host's
+    settings file, and where its models are registered (`<model_name>-<env>` except in the last environment)."""
     order = ws.settings.value("environments", "names")
-    out = {"NOTEBENCH_ENVIRONMENT": env, "NOTEBENCH_BUNDLE": release.hash}
+    out = {"NOTEBENCH_ENVIRONMENT": env, "NOTEBENCH_BUNDLE": release.hash,
+           "NOTEBENCH_SETTINGS": str(ws.settings.file)}  # the host's settings: a release folder holds none
     if env != order[-1]:
         out["NOTEBENCH_REGISTRY_MODEL_NAME"] = f"{ws.settings.value('registry', 'model_name')}-{env}"
     return out
@@ -376,7 +379,7 @@ def status(ws: Workspace) -> list[dict]:
                     "version": current.manifest.get("version") if current else None,
                     "commit": current.manifest.get("git", {}).get("commit") if current else None,
                     "since": last.get("time"), "by": last.get("by"), "pipeline": pipeline,
-                    "runs": len(runs), "succeeded": sum(r.get("state") == "succeeded" for r in runs),
+                    "runs": len(runs), "succeeded": len(env.successful_runs(current.hash, pipeline)) if current else 0,
                     "last_run": ({"run_id": runs[0]["run_id"], "state": runs[0]["state"]} if runs else None),
                     "history": history})
     return out

@@ -320,7 +320,7 @@ class _Run:
                 "lineage": self.lineage is not None,
                 "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
                 "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger,
-                "env": self.opts.env, "bundle": self.record.get("bundle"),
+                "env": self.opts.env, "bundle": self.record.get("bundle"), "git": self.record["git"],
                 "previous": {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}}
 
     def _mlflow_id(self, step: StepSpec | None) -> str | None:
@@ -330,7 +330,8 @@ class _Run:
         return self.lineage.run_id(key)
 
     def _resume_hint(self, step: StepSpec) -> str:
-        return f"notebench run {self.spec.name}   (finished steps are cached; it resumes at '{step.name}')"
+        env = f" --env {self.opts.env}" if self.opts.env else ""
+        return f"notebench run {self.spec.name}{env}   (finished steps are cached; it resumes at '{step.name}')"
 
     def _kernel_kwargs(self, step: StepSpec) -> dict:
         """Where the step's kernel comes from, and its working directory (the notebook's folder)."""

@@ -17,13 +17,16 @@ from pipeline_kit import make_pipeline
 
 from nbs_lib import __version__
 from nbs_lib.bundle import STAGES, build_bundle, content_hash, record_stage, stage_results
+from nbs_lib.environments import current_release, run_variables
 from nbs_lib.settings import load_settings
 from nbs_lib.store import PipelineStore
+from nbs_lib.workspace import Workspace
 
-# the step writes which environment its kernel was told it runs in, and where its models would be registered
-BODY = ("import os, pathlib\n"
+# the step writes which environment its kernel was told it runs in, and where its settings say models go
+# (from a release folder, which holds no settings.ini: the host's settings must reach the kernel)
+BODY = ("import os, pathlib\nfrom nbs_lib.settings import load_settings\n"
         "pathlib.Path(step.output('where')).write_text(os.environ.get('NOTEBENCH_ENVIRONMENT', '') + ' ' + "
-        "os.environ.get('NOTEBENCH_REGISTRY_MODEL_NAME', '-'))\n")
+        "load_settings().value('registry', 'model_name'))\n")
 FAST = {"NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step"}  # the tiny step needs no pandas or mlflow in its kernel
 
 
@@ -129,8 +132,12 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
 
     # two real runs of the deployed pipeline in staging, recorded with bundle and environment
     notebench("run", "training", "--env", "staging", env=FAST, check=True)  # its MLflow record is checked last
+    notebench("run", "training", "--env", "staging", "--no-lineage", check=True)  # all cached: ran no code
+    refused = deploy(green, "prod", "--approve")
+    assert refused.returncode == 2 and "it has 1 successful 'training' run(s) in staging" in refused.stderr
     notebench("run", "training", "--env", "staging", "--force", "--no-lineage", env=FAST, check=True)
-    runs = PipelineStore(workspace, "training", env="staging").runs()
+    runs = [r for r in PipelineStore(workspace, "training", env="staging").runs()
+            if any(s["state"] == "done" for s in r["steps"].values())]
     assert [(r["state"], r["bundle"], r["env"]) for r in runs] == [("succeeded", green.hash, "staging")] * 2
     assert runs[0]["git"]["commit"] == green.manifest["git"]["commit"]
     product = workspace / "pipelines" / "training@staging" / "products" / "a" / "w.txt"
@@ -145,6 +152,8 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     assert deploy(green, "prod", "--approve", "--by", "alice").returncode == 0
     event = json.loads((workspace / "environments/prod/history.jsonl").read_text().splitlines()[-1])
     assert event["approval"]["by"] == "alice" and sorted(event["staging_runs"]) == sorted(r["run_id"] for r in runs)
+    ws = Workspace()  # prod's runs register under the served model's own name
+    assert "NOTEBENCH_REGISTRY_MODEL_NAME" not in run_variables(ws, "prod", current_release(ws, "prod"))
 
     # a new staging release, then one-command rollback to the one it replaced; nothing earlier than that
     assert deploy(green2, "staging").returncode == 0
