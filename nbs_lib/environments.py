@@ -21,6 +21,8 @@ only prod's runs can move the served champion.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import json
 import os
@@ -110,6 +112,14 @@ class Environment:
             f.write(json.dumps(event, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    @contextlib.contextmanager
+    def changing(self):
+        """Hold this environment's deploy lock (deploys and rollbacks of one environment queue behind each other)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "deploy.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
     def switch(self, bundle_hash: str) -> None:
         """Point `current` at a release in one rename."""
@@ -283,25 +293,30 @@ def deploy(ws: Workspace, bundle_path: Path | str, env: str, *, approve: bool = 
         refusals = [why for rule in rules_for(target) if (why := rule(req))]
         if refusals:
             raise DeployRefused("refused: " + "; ".join(refusals), env=env, bundle=bundle.hash)
-        previous = target.current()
-        if previous and previous.hash == bundle.hash:
-            shutil.rmtree(folder)
-            return {"env": env, "action": "none", "bundle": bundle.hash, "previous": bundle.hash,
-                    "why": f"{env} already runs bundle {bundle.hash[:12]}"}
-        target.root.mkdir(parents=True, exist_ok=True)
-        with _Locked(ws, env, _pipelines(previous, bundle)):
-            release = _install(target, folder, bundle)
-            target.switch(release.hash)
-            event = {"time": _now(), "env": env, "action": "deploy", "bundle": bundle.hash,
-                     "previous": previous.hash if previous else None, "version": version,
-                     "commit": bundle.manifest.get("git", {}).get("commit"), "user": getpass.getuser(),
-                     "by": req.by, "reason": reason, "bundle_file": str(Path(bundle_path).resolve()),
-                     "ci": bundle.manifest.get("ci", {}), **req.evidence}
-            target.record(event)
-        return event
+        with target.changing():
+            previous = target.current()
+            if previous and previous.hash == bundle.hash:
+                return {"env": env, "action": "none", "bundle": bundle.hash, "previous": bundle.hash,
+                        "why": f"{env} already runs bundle {bundle.hash[:12]}"}
+            return _switch_to(ws, target, folder, bundle, previous, req, reason, bundle_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _remove_if_empty(folder.parent)
+
+
+def _switch_to(ws: Workspace, target: Environment, folder: Path, bundle: Bundle, previous: Release | None,
+               req: DeployRequest, reason: str, bundle_path) -> dict:
+    """With no run of the environment's pipelines in progress: install the release, switch to it, record it."""
+    with _Locked(ws, target.name, _pipelines(previous, bundle)):
+        release = _install(target, folder, bundle)
+        target.switch(release.hash)
+        event = {"time": _now(), "env": target.name, "action": "deploy", "bundle": bundle.hash,
+                 "previous": previous.hash if previous else None, "version": bundle.manifest.get("version"),
+                 "commit": bundle.manifest.get("git", {}).get("commit"), "user": getpass.getuser(),
+                 "by": req.by, "reason": reason, "bundle_file": str(Path(bundle_path).resolve()),
+                 "ci": bundle.manifest.get("ci", {}), **req.evidence}
+        target.record(event)
+    return event
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -314,6 +329,12 @@ def _remove_if_empty(folder: Path) -> None:
 def rollback(ws: Workspace, env: str, *, by: str | None = None, reason: str = "") -> dict:
     """Point `env` back at the release its current one replaced; recorded. One command, no bundle needed."""
     target = environment(ws, env)
+    with target.changing():
+        return _roll_back(ws, target, by, reason)
+
+
+def _roll_back(ws: Workspace, target: Environment, by: str | None, reason: str) -> dict:
+    env = target.name
     current = target.current()
     if current is None:
         raise DeployRefused("nothing is deployed, so there is nothing to roll back", env=env)

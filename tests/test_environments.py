@@ -152,6 +152,9 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     assert deploy(green, "prod", "--approve", "--by", "alice").returncode == 0
     event = json.loads((workspace / "environments/prod/history.jsonl").read_text().splitlines()[-1])
     assert event["approval"]["by"] == "alice" and sorted(event["staging_runs"]) == sorted(r["run_id"] for r in runs)
+    again = deploy(green, "prod", "--approve", "--by", "alice")
+    assert again.returncode == 0 and "prod already runs bundle" in again.stdout
+    assert len((workspace / "environments/prod/history.jsonl").read_text().splitlines()) == 1
     ws = Workspace()  # prod's runs register under the served model's own name
     assert "NOTEBENCH_REGISTRY_MODEL_NAME" not in run_variables(ws, "prod", current_release(ws, "prod"))
 
@@ -166,6 +169,8 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     assert again.returncode == 2 and "nothing to roll back to" in again.stderr
     table = notebench("environments", check=True).stdout
     assert "rollback" in table and "approved by alice" in table
+    assert deploy(green2, "staging").returncode == 0  # its release is still there, verified, and taken back
+    assert env_state(workspace, "staging")[0] == Path("releases") / green2.hash
 
     # the first staging run's MLflow parent run carries the bundle and the environment
     lineage = runs[1].path.parent / "lineage.json"  # written by the lineage sidecar when its record is complete
