@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.notebench-installed
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help install demo test check unit smoke clean
+.PHONY: help install demo test check unit smoke build deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,7 +40,13 @@ unit: $(STAMP)  ## ci/test: notebook lessons (nbdev-test) and pytest
 smoke: $(STAMP)  ## ci/smoke: every pipeline on a small sample in a temporary workspace
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/smoke
 
-test: check unit smoke  ## everything CI runs
+build: $(STAMP)  ## ci/build: the wheel and the pipeline bundle (with the stages' results) under dist/
+	PATH="$(CURDIR)/$(BIN):$$PATH" UV="$(UV)" ci/build
+
+deploy: $(STAMP)  ## ci/deploy: the bundle ci/build made into ENV (make deploy ENV=dev [ARGS="--approve --by me"])
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/deploy $(ENV) $(ARGS)
+
+test: check unit smoke build  ## everything CI runs: check, unit tests, smoke, build
 
 clean:  ## remove the venv and the workspace (all runtime state)
-	rm -rf $(VENV) .tools .notebench
+	rm -rf $(VENV) .tools .notebench dist build

@@ -2,13 +2,15 @@
 
 Modules:
 
+- `nbs_lib.bundle`: Pipeline bundles: the versioned, content-addressed artifact that CI builds and environments deploy.
 - `nbs_lib.dashboards.panels`: What the dashboards show, read from the workspace: one function per panel, each returning plain data.
 - `nbs_lib.dashboards.render`: How a dashboard panel looks: the page header, state badges, tables, plots and the "nothing yet" notice.
 - `nbs_lib.dashboards.server`: `serve(...)`: Voila on the dashboards folder, with a landing page, the executed notebooks, and warm kernels.
 - `nbs_lib.data`: The use case's data contract: its columns, the schema every feature batch must match, loading the landing area, and a time-based split.
-- `nbs_lib.demo`: `notebench demo`: the whole loop on the demo world, as far as it is built — what `make demo` runs.
+- `nbs_lib.demo`: `notebench demo`: the whole level-2 loop on the demo world — what `make demo` runs.
 - `nbs_lib.demo_data`: A deterministic subscription-churn world: a fixed customer base, daily feature snapshots, delayed labels, and scenarios that break things the way real data does.
 - `nbs_lib.drift`: Reference profiles and drift: per-feature statistics computed once, then compared with any new window.
+- `nbs_lib.environments`: Environments: where pipeline bundles are released, which one runs, the promotion rules, and rollback.
 - `nbs_lib.evaluation`: Holdout metrics for a model's probabilities, overall and per segment, as plain dicts and as MLflow metric names.
 - `nbs_lib.executors`: Executors run ready steps; they plug in through a registry, so a Dask executor needs no runner change.
 - `nbs_lib.feast_offline`: A Feast offline store: Feast's DuckDB store, with its point-in-time join done as DuckDB ASOF joins.

@@ -108,15 +108,15 @@ def _parse_params(items: list[str]) -> dict:
 
 def cmd_run(args) -> int:
     """Run a pipeline (or explain what a run would do)."""
-    from .runner import RunOptions, explain, run_pipeline
-    from .spec import find_pipeline, load_spec
+    from .runner import RunOptions, explain, resolve, run_pipeline
 
     opts = RunOptions(force=args.force, from_step=args.from_step, only=args.only, to_step=args.to_step,
                       parameters=_parse_params(args.param), trigger=args.trigger, wait=args.wait,
-                      executor=args.executor, lineage=not args.no_lineage, wait_lineage=args.wait_lineage)
+                      executor=args.executor, lineage=not args.no_lineage, wait_lineage=args.wait_lineage,
+                      env=args.env)
     if args.explain:
         ws = _workspace()
-        spec = load_spec(find_pipeline(args.pipeline, ws.settings.root))
+        spec, _ = resolve(args.pipeline, ws, args.env)
         for plan in explain(spec, ws, opts):
             print(f"{plan.step:<16} {plan.action:<7} {'; '.join(plan.reasons)}")
         return 0
@@ -131,20 +131,21 @@ def cmd_runs(args) -> int:
     ws = _workspace()
     records = []
     for folder in sorted((ws.root / "pipelines").glob("*")) if (ws.root / "pipelines").exists() else []:
-        if not args.pipeline or folder.name == args.pipeline:
+        if not args.pipeline or folder.name.split("@")[0] == args.pipeline:
             records += PipelineStore(ws.root, folder.name).runs()
     records.sort(key=lambda r: r["started"], reverse=True)
     if not records:
         print("no runs yet; start one with `notebench run PIPELINE`")
         return 0
-    print(f"{'run':<24} {'pipeline':<12} {'state':<10} {'steps':<20} {'started':<19} trigger")
+    print(f"{'run':<24} {'pipeline':<16} {'state':<10} {'steps':<20} {'started':<19} trigger")
     for rec in records[: args.limit]:
         states = [s.get("state", "?") for s in rec["steps"].values()]
         counts = ", ".join(f"{states.count(k)} {k}" for k in ("done", "cached", "failed") if states.count(k))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"]))
+        where = rec["pipeline"] + (f"@{rec['env']}" if rec.get("env") else "")
         trigger = rec.get("trigger", "") or ""
         trigger = trigger if len(trigger) <= 60 else trigger[:57] + "..."  # `notebench show` prints it whole
-        print(f"{rec['run_id']:<24} {rec['pipeline']:<12} {rec['state']:<10} {counts:<20} {started:<19} {trigger}")
+        print(f"{rec['run_id']:<24} {where:<16} {rec['state']:<10} {counts:<20} {started:<19} {trigger}")
     return 0
 
 
@@ -168,6 +169,8 @@ def cmd_show(args) -> int:
     print(f"run {rec['run_id']} of pipeline {rec['pipeline']}: {rec['state']}")
     print(f"  trigger {rec.get('trigger')} by {rec.get('user')}; git {rec['git']['commit'][:12]}"
           f"{' (dirty)' if rec['git']['dirty'] == 'true' else ''}; MLflow run {mlflow_ids.get('pipeline', '-')}")
+    if rec.get("env"):
+        print(f"  in environment {rec['env']}, bundle {rec['bundle'][:12]}  (see `notebench environments`)")
     for name, state, duration, note in summary_rows(rec):
         step = rec["steps"][name]
         print(f"\n  {name}: {state} {duration}  {note}")
@@ -249,7 +252,11 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    """Move the champion back to the previous champion, recorded."""
+    """Move the champion back to the previous champion (or, with --env, an environment to its previous release)."""
+    if args.env:
+        from .deploy_commands import cmd_rollback_env
+
+        return cmd_rollback_env(args)
     from .registry import rollback
 
     _, client, name = _registry()
@@ -269,6 +276,7 @@ COMMAND_MODULES = (
     "nbs_lib.monitoring_commands",
     "nbs_lib.triggers.commands",
     "nbs_lib.dashboards.commands",
+    "nbs_lib.deploy_commands",
 )
 
 
@@ -323,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", metavar="STEP", help="run only STEP (its upstream products must exist)")
     r.add_argument("--to", dest="to_step", metavar="STEP", help="run STEP and the steps it needs, nothing after it")
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    r.add_argument("--env", help="run the pipeline version deployed in this environment (see `notebench environments`)")
     r.add_argument("--trigger", default="manual", help="what started this run, recorded in lineage (default: manual)")
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
     r.add_argument("--executor", default="local", help="step executor (default: local)")
@@ -356,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--reason", help="why, recorded in the champion history")
     pr.set_defaults(func=cmd_promote)
 
-    rb = sub.add_parser("rollback", help="move the champion back to the previous champion (recorded)")
-    rb.add_argument("--reason", help="why, recorded in the champion history")
+    rb = sub.add_parser("rollback", help="move the champion back to the previous champion (recorded); with --env, "
+                                         "an environment back to its previous release")
+    rb.add_argument("--reason", help="why, recorded in the champion (or environment) history")
+    rb.add_argument("--env", help="roll back this deployment environment instead of the champion")
+    rb.add_argument("--by", help="with --env: who, recorded (default: the current user)")
     rb.set_defaults(func=cmd_rollback)
 
     sh = sub.add_parser("show", help="show a run: steps, products, executed notebooks")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["KernelError", "NotebenchError", "SettingsError"]
+__all__ = ["BundleError", "DeployRefused", "KernelError", "NotebenchError", "SettingsError"]
 
 
 class NotebenchError(Exception):
@@ -156,3 +156,20 @@ class DeployCheckInputError(NotebenchError):
     def __init__(self, message: str, *, model: str | None = None):
         self.model = model  # the registered model concerned
         super().__init__(f"model '{model}': {message}" if model else message)
+
+
+class BundleError(NotebenchError):
+    """A pipeline bundle cannot be built, read or trusted: names the file and what does not match."""
+
+    exit_code = 2
+
+
+class DeployRefused(NotebenchError):
+    """A deploy or rollback was refused by an environment's rules; the environment is unchanged."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, env: str | None = None, bundle: str | None = None):
+        self.env, self.bundle = env, bundle  # the environment asked for, and the bundle hash concerned
+        where = f"environment '{env}'" + (f", bundle {bundle[:12]}" if bundle else "") + ": " if env else ""
+        super().__init__(where + message)

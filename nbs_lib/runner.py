@@ -27,7 +27,7 @@ from .spec import INJECTED, PipelineSpec, StepSpec, find_pipeline, load_spec
 from .store import PipelineStore, RunRecord, new_run_id
 from .workspace import Workspace, git_info
 
-__all__ = ["RunOptions", "StepPlan", "explain", "run", "run_pipeline"]
+__all__ = ["RunOptions", "StepPlan", "explain", "resolve", "run", "run_pipeline"]
 
 
 @dataclass
@@ -44,6 +44,7 @@ class RunOptions:
     executor: str = "local"  # a registered executor
     lineage: bool = True  # record the run in MLflow
     wait_lineage: bool = False  # return only when MLflow has the whole record (else it is finished in background)
+    env: str | None = None  # run the version deployed in this environment, with its own state (see environments)
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _cache_reasons(step: StepSpec, fp: Fingerprint, store: PipelineStore) -> lis
 def explain(spec: PipelineSpec, ws: Workspace, opts: RunOptions | None = None) -> list[StepPlan]:
     """What a run with `opts` would do for each step, and why, without running anything."""
     opts = opts or RunOptions()
-    store = PipelineStore(ws.root, spec.name)
+    store = PipelineStore(ws.root, spec.name, env=opts.env)
     selected, forced = _selection(spec, opts)
     will_run: set[str] = set()
     plans = []
@@ -152,9 +153,10 @@ def explain(spec: PipelineSpec, ws: Workspace, opts: RunOptions | None = None) -
 class _Run:
     """One pipeline run in progress: its record, store, lineage and kernel pool."""
 
-    def __init__(self, spec: PipelineSpec, ws: Workspace, opts: RunOptions, progress: Progress):
+    def __init__(self, spec: PipelineSpec, ws: Workspace, opts: RunOptions, progress: Progress, release=None):
         self.spec, self.ws, self.opts, self.progress = spec, ws, opts, progress
-        self.store = PipelineStore(ws.root, spec.name)
+        self.release = release  # the environment's release the spec comes from (None: the project's own)
+        self.store = PipelineStore(ws.root, spec.name, env=opts.env)
         self.run_id = new_run_id()
         self.run_dir = self.store.run_dir(self.run_id)
         self.pool = None
@@ -170,7 +172,8 @@ class _Run:
             self.run_dir / "run.json", run_id=self.run_id, pipeline=self.spec.name, state="running",
             pid=os.getpid(), started=time.time(), trigger=self.opts.trigger, user=getpass.getuser(),
             parameters=self.opts.parameters, spec=str(self.spec.file), spec_digest=self.spec.digest,
-            git=git_info(self.ws.settings.root), version=__version__,
+            git=self._git(), version=__version__, env=self.opts.env,
+            bundle=self.release.hash if self.release else None,
             steps={n: {"state": "pending"} for n in selected})
         self._start_lineage()
         if any(p.action != "cached" for p in explain(self.spec, self.ws, self.opts)):
@@ -294,6 +297,21 @@ class _Run:
         self.progress.end(self.record)
 
     # helpers ----------------------------------------------------------------------------------------
+    def _git(self) -> dict:
+        """The source's commit: the bundle's in an environment, else the project's working tree."""
+        if self.release:
+            git = self.release.manifest.get("git", {})
+            return {"commit": git.get("commit", "unknown"), "dirty": git.get("dirty", "unknown")}
+        return git_info(self.ws.settings.root)
+
+    def _kernel_env(self) -> dict[str, str]:
+        env = self.ws.mlflow_env()
+        if self.release:
+            from .environments import run_variables
+
+            env.update(run_variables(self.ws, self.opts.env, self.release))
+        return env
+
     def _set(self, name: str, **fields) -> None:
         self.record["steps"][name].update(fields)
         self.record.save()
@@ -311,6 +329,7 @@ class _Run:
                 "lineage": self.lineage is not None,
                 "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
                 "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger,
+                "env": self.opts.env, "bundle": self.record.get("bundle"), "git": self.record["git"],
                 "previous": {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}}
 
     def _mlflow_id(self, step: StepSpec | None) -> str | None:
@@ -320,12 +339,13 @@ class _Run:
         return self.lineage.run_id(key)
 
     def _resume_hint(self, step: StepSpec) -> str:
-        return f"notebench run {self.spec.name}   (finished steps are cached; it resumes at '{step.name}')"
+        env = f" --env {self.opts.env}" if self.opts.env else ""
+        return f"notebench run {self.spec.name}{env}   (finished steps are cached; it resumes at '{step.name}')"
 
     def _kernel_kwargs(self, step: StepSpec) -> dict:
         """Where the step's kernel comes from, and its working directory (the notebook's folder)."""
         if self.pool:  # MLflow's defaults in the kernel (and its subprocesses) point at this workspace
-            return self.pool.papermill_kwargs(cwd=step.notebook.parent, env=self.ws.mlflow_env())
+            return self.pool.papermill_kwargs(cwd=step.notebook.parent, env=self._kernel_env())
         return {"kernel_name": "notebench", "resources": {"metadata": {"path": str(step.notebook.parent)}}}
 
     def _start_lineage(self) -> None:
@@ -342,7 +362,9 @@ class _Run:
                                     "notebench.spec_digest": self.spec.digest, "notebench.version": __version__,
                                     "mlflow.source.git.commit": git["commit"], "notebench.git.dirty": git["dirty"],
                                     "notebench.trigger": self.opts.trigger, "mlflow.user": self.record["user"],
-                                    "notebench.kind": "pipeline"},
+                                    "notebench.kind": "pipeline",
+                                    **({"notebench.env": self.opts.env, "notebench.bundle": self.record["bundle"]}
+                                       if self.release else {})},
                            "params": {**self.spec.parameters, **self.opts.parameters}})
 
     def _send_start(self, step: StepSpec, fp: Fingerprint | None, started: float, cached_from: dict | None = None):
@@ -424,16 +446,26 @@ def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_
         raise StepFailed(step.name, f"its kernel died: {exc}", notebook=output, resume=resume) from exc
 
 
+def resolve(pipeline: str | Path, ws: Workspace, env: str | None = None):
+    """(checked spec, release) of a pipeline: the project's (release None), or the one deployed in `env`."""
+    if env is None:
+        return load_spec(find_pipeline(str(pipeline), ws.settings.root)), None
+    from .environments import current_release
+
+    release = current_release(ws, env)  # read once: a deploy switching `current` meanwhile changes nothing here
+    return load_spec(release.spec_path(str(pipeline)).resolve()), release
+
+
 def run_pipeline(pipeline: str | Path, options: RunOptions | None = None, progress: Progress | None = None,
                  workspace: Workspace | None = None) -> RunRecord:
     """Run a pipeline by name or path; return its record, or raise `StepFailed` / `SpecError` / `PipelineBusy`."""
     ws = workspace or Workspace()
     opts = options or RunOptions()
-    spec = load_spec(find_pipeline(str(pipeline), ws.settings.root))
-    store = PipelineStore(ws.root, spec.name)
+    spec, release = resolve(pipeline, ws, opts.env)
+    store = PipelineStore(ws.root, spec.name, env=opts.env)
     store.lock(wait=opts.wait)
     try:
-        return _Run(spec, ws, opts, progress or TerminalProgress()).execute()
+        return _Run(spec, ws, opts, progress or TerminalProgress(), release).execute()
     finally:
         store.unlock()
 

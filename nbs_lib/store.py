@@ -7,6 +7,7 @@
   runs/<run id>/run.json      one record per run: steps, states, times, reasons, notebooks
   runs/<run id>/<step>.ipynb  the executed notebook (kept whether the step succeeded or failed), and .html
   lock                        held by the run in progress
+<workspace>/pipelines/<pipeline>@<env>/   the same for the pipeline's runs in a deployment environment
 ```
 A step's products become valid in one `rename`: a killed step leaves only a staging folder, never a product
 that a later run would take as valid.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from .errors import PipelineBusy
 
-__all__ = ["PipelineStore", "RunRecord", "atomic_write_json"]
+__all__ = ["PipelineStore", "RunRecord", "atomic_write_json", "store_name"]
 
 MANIFEST = "_manifest.json"
 
@@ -39,6 +40,11 @@ def atomic_write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def store_name(pipeline: str, env: str | None = None) -> str:
+    """The folder of a pipeline's state: `<pipeline>`, or `<pipeline>@<env>` for its runs in an environment."""
+    return f"{pipeline}@{env}" if env else pipeline
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a short random suffix."""
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
@@ -47,8 +53,9 @@ def new_run_id() -> str:
 class PipelineStore:
     """The folders of one pipeline inside the workspace."""
 
-    def __init__(self, workspace_root: Path, pipeline: str):
-        self.root = workspace_root / "pipelines" / pipeline
+    def __init__(self, workspace_root: Path, pipeline: str, env: str | None = None):
+        self.pipeline, self.env = pipeline, env  # env: a deployment environment, whose runs keep their own state
+        self.root = workspace_root / "pipelines" / store_name(pipeline, env)
         self.products_root = self.root / "products"
         self.runs_root = self.root / "runs"
         self._lock_file = None

@@ -68,7 +68,8 @@ def as_of(snapshots: pd.DataFrame, entity_df: pd.DataFrame, ttl_days: int) -> pd
 def test_the_repo_is_an_ordinary_feast_repo(world):
     repo, _, source = world
     yaml = (repo.path / "feature_store.yaml").read_text()
-    for line in ("type: nbs_lib.feast_offline.AsofDuckDBOfflineStore", "type: sqlite", f'path: "{repo.online_path}"', f'registry: "{repo.registry_path}"'):
+    for line in ("type: nbs_lib.feast_offline.AsofDuckDBOfflineStore", "type: sqlite", f'path: "{repo.online_path}"',
+                 f'registry: "{repo.registry_path}"'):
         assert line in yaml
     assert str(source) in (repo.path / "definitions.py").read_text()
     assert "data/" in (repo.path / ".feastignore").read_text()
