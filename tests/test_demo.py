@@ -48,3 +48,10 @@ def test_demo_closes_the_loop(workspace):
     started = events[events.status == "started"]
     assert len(started) >= 1 and started.run_id.nunique() == 1  # every event joined the one run
     assert len(read_predictions(workspace)) == len(read_feedback(workspace)) > 0  # every prediction got its label
+    from nbs_lib.monitoring import read_results
+
+    assert not read_results(workspace).empty  # the monitoring table the dashboards read
+    # in MLflow: the monitoring pass, and the training run that names the events that started it
+    passes = client.search_runs([exp.experiment_id], "tags.`notebench.kind` = 'monitoring'")
+    triggered = client.search_runs([exp.experiment_id], "tags.`notebench.trigger` LIKE '%new_data%'")
+    assert passes and triggered and started.run_id.iloc[0] in {r.data.tags.get("notebench.run_id") for r in triggered}
