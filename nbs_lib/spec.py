@@ -47,6 +47,7 @@ class PipelineSpec:
     parameters: dict
     digest: str  # sha256 of pipeline.yaml
     description: str = ""
+    env: str | None = None  # the environment whose deployed release this spec was read from; None: the project's
 
     @property
     def folder(self) -> Path:

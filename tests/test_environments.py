@@ -250,3 +250,17 @@ def test_deploy_and_rollback_refused_while_a_run_holds_the_environment(workspace
         store.unlock()
     assert deploy(bundles["green2"], "dev").returncode == 0  # once the run is over, the same deploy goes through
     assert env_state(workspace, "dev")[0] == Path("releases") / bundles["green2"].hash
+
+
+def test_the_trigger_service_of_an_environment_runs_its_deployed_pipeline(workspace, bundles):
+    assert deploy(bundles["green"], "dev").returncode == 0
+    proc = notebench("trigger", "training", "--reason", "try the dev release", "--env", "dev", "--no-lineage",
+                     env=FAST, check=True)
+    assert "of training: succeeded" in proc.stdout
+    runs = PipelineStore(workspace, "training", env="dev").runs()
+    assert [(r["env"], r["bundle"]) for r in runs] == [("dev", bundles["green"].hash)]
+    assert "try the dev release" in runs[0]["trigger"]
+    events = json.loads(notebench("events", "--env", "dev", "--json", check=True).stdout)
+    assert [(e["kind"], e["status"], e["run_id"]) for e in events] == [("on_demand", "started", runs[0]["run_id"])]
+    assert json.loads(notebench("events", "--json", check=True).stdout) == []  # the project's queue saw nothing
+    assert not (workspace / "pipelines" / "training").exists()

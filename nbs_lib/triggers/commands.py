@@ -9,7 +9,7 @@ def cmd_watch(args) -> int:
     """Poll the trigger sources every interval and start training runs until Ctrl-C or SIGTERM."""
     from .service import watch
 
-    return watch(interval=args.interval, lineage=not args.no_lineage)
+    return watch(interval=args.interval, lineage=not args.no_lineage, env=args.env)
 
 
 def _sigterm_interrupts() -> None:
@@ -27,7 +27,7 @@ def cmd_tick(args) -> int:
     from .service import tick
 
     _sigterm_interrupts()
-    result = tick(run=not args.no_run, lineage=not args.no_lineage)
+    result = tick(run=not args.no_run, lineage=not args.no_lineage, env=args.env)
     for line in result.lines():
         print(line)
     return result.exit_code
@@ -40,17 +40,17 @@ def cmd_trigger(args) -> int:
     from .service import resolve_pipeline, tick
 
     ws = as_workspace()
-    spec = resolve_pipeline(ws)
+    spec = resolve_pipeline(ws, args.env)
     if args.pipeline not in (spec.name, str(spec.file), str(spec.folder)):
         raise SettingsError(f"triggers start pipeline '{spec.name}' ({spec.file}), not '{args.pipeline}'; "
                             f"run `notebench trigger {spec.name} ...`, or set [triggers] pipeline "
                             "(NOTEBENCH_TRIGGERS_PIPELINE)", key="triggers.pipeline")
-    event = enqueue(ws, args.kind, args.reason, details={"pipeline": spec.name})
+    event = enqueue(ws, args.kind, args.reason, details={"pipeline": spec.name}, env=args.env)
     print(f"enqueued: {event.line()}")
     if args.no_run:
         return 0
     _sigterm_interrupts()
-    result = tick(ws, lineage=not args.no_lineage)
+    result = tick(ws, lineage=not args.no_lineage, env=args.env)
     for line in result.lines():
         print(line)
     return result.exit_code
@@ -60,7 +60,7 @@ def cmd_events(args) -> int:
     """List recent trigger events, newest last."""
     from .events import EventStore, as_workspace
 
-    with EventStore(as_workspace()) as store:
+    with EventStore(as_workspace(), args.env) as store:
         events = store.since(0, args.limit)
     if args.status:
         events = [e for e in events if e.status == args.status]
@@ -86,6 +86,8 @@ def add_commands(sub) -> None:
                                    "(recorded as interrupted; its events are queued again).")
     w.add_argument("--interval", type=float, help="seconds between passes ([triggers] interval)")
     w.add_argument("--no-lineage", action="store_true", help="do not record the runs it starts in MLflow")
+    w.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
+                         "with its own event queue, runs and lock (default: the project's)")
     w.set_defaults(func=cmd_watch)
 
     t = sub.add_parser("tick", help="one pass of the trigger service (for cron and CI)",
@@ -93,6 +95,8 @@ def add_commands(sub) -> None:
                                    "events unless one is in progress. Exits 1 only if the run it started failed.")
     t.add_argument("--no-run", action="store_true", help="only poll the sources and enqueue; start nothing")
     t.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
+    t.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
+                         "with its own event queue, runs and lock (default: the project's)")
     t.set_defaults(func=cmd_tick)
 
     g = sub.add_parser("trigger", help="enqueue a training trigger by hand (on demand), then run a pass")
@@ -101,10 +105,14 @@ def add_commands(sub) -> None:
     g.add_argument("--kind", default="on_demand", help="event kind (default: on_demand)")
     g.add_argument("--no-run", action="store_true", help="only enqueue; the next tick or watch pass starts it")
     g.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
+    g.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
+                         "with its own event queue, runs and lock (default: the project's)")
     g.set_defaults(func=cmd_trigger)
 
     e = sub.add_parser("events", help="list recent trigger events and the runs they started")
     e.add_argument("-n", "--limit", type=int, default=30, help="how many (default: 30)")
     e.add_argument("--status", choices=["queued", "started", "coalesced", "skipped"], help="only these")
     e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
+                         "with its own event queue, runs and lock (default: the project's)")
     e.set_defaults(func=cmd_events)

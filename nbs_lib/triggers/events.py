@@ -110,11 +110,12 @@ def who() -> str:
 
 
 class EventStore:
-    """The SQLite file of one workspace's trigger events; one connection per instance, used by one thread."""
+    """The SQLite file of one workspace's trigger events (one per environment); one connection per instance, used
+    by one thread."""
 
-    def __init__(self, workspace=None):
+    def __init__(self, workspace=None, env: str | None = None):
         self.ws = as_workspace(workspace)
-        self.path = self.ws.path("triggers", "events.db")
+        self.path = self.ws.path("triggers", f"events@{env}.db" if env else "events.db")
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -224,22 +225,23 @@ def _settle(db, ids, status, run_id, into, note) -> int:
 
 
 def enqueue(workspace, kind: str, reason: str, *, details: dict | None = None, source: str | None = None,
-            key: str | None = None):
-    """Record a trigger event (queued); return it, or None when its `key` was already recorded for `kind`."""
+            key: str | None = None, env: str | None = None):
+    """Record a trigger event (queued) for the project's pipeline or that of `env`; return it, or None when its
+    `key` was already recorded for `kind`."""
     from .kinds import check_kind
 
     check_kind(kind)
     if not reason or not reason.strip():
         raise TriggerInputError(f"a {kind} trigger needs a reason (e.g. --reason \"new holdout data from finance\")")
-    with EventStore(workspace) as store:
+    with EventStore(workspace, env) as store:
         return store.add(kind, reason.strip(), details=details, source=source or who(), key=key)
 
 
-def read_events(workspace=None, limit: int | None = None):
+def read_events(workspace=None, limit: int | None = None, env: str | None = None):
     """The newest `limit` events (all when None) as a DataFrame, newest first; `time` as UTC timestamps."""
     import pandas as pd
 
-    with EventStore(workspace) as store:
+    with EventStore(workspace, env) as store:
         events = store.since(0, limit)
     frame = pd.DataFrame([{c: getattr(e, c) for c in COLUMNS} for e in reversed(events)], columns=list(COLUMNS))
     frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)

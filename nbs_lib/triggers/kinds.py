@@ -146,7 +146,7 @@ def consumed_ledger(ws, spec) -> dict | None:
     from ..landing import read_ledger
     from ..store import PipelineStore
 
-    store = PipelineStore(ws.root, spec.name)
+    store = PipelineStore(ws.root, spec.name, env=spec.env)
     for step in spec.steps.values():
         if "ledger" in step.products:
             return read_ledger(store.product_dir(step.name) / step.products["ledger"]) or {"batches": {}}

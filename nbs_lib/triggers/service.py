@@ -28,11 +28,15 @@ from .kinds import KINDS, Found, Poll, SourceUnavailable
 __all__ = ["TickResult", "resolve_pipeline", "tick", "watch"]
 
 
-def resolve_pipeline(ws):
-    """The pipeline triggers start, from `[triggers] pipeline` (a name or a path): the one place that chooses it."""
-    from ..spec import find_pipeline, load_spec
+def resolve_pipeline(ws, env: str | None = None):
+    """The pipeline triggers start, from `[triggers] pipeline` (a name or a path): the one place that chooses it.
+    With `env`, the version of it deployed in that environment (its runs, products and lock are the environment's)."""
+    from dataclasses import replace
 
-    return load_spec(find_pipeline(str(ws.settings.value("triggers", "pipeline")), ws.settings.root))
+    from ..runner import resolve
+
+    spec, _ = resolve(str(ws.settings.value("triggers", "pipeline")), ws, env)
+    return replace(spec, env=env)
 
 
 @dataclass
@@ -90,17 +94,18 @@ def describe(events: list[Event], limit: int = 480) -> str:
 
 
 def tick(workspace=None, *, run: bool = True, lineage: bool = True, now: float | None = None, progress=None,
-         may_start=None) -> TickResult:
+         may_start=None, env: str | None = None) -> TickResult:
     """Poll every enabled source once; then, unless a run is in progress, start one run for all queued events.
 
     `run=False` only polls; `lineage=False` does not record the run in MLflow; `now` is the pass's time (epoch
-    seconds); `progress(store, ids)` makes the run's `_Recorder`; `may_start()` returning False keeps the queue.
+    seconds); `progress(store, ids)` makes the run's `_Recorder`; `may_start()` returning False keeps the queue;
+    `env`: the environment whose deployed pipeline runs (its own event queue, runs and lock).
     """
     ws = as_workspace(workspace)
     enabled = _enabled_kinds(ws)
-    spec = resolve_pipeline(ws)
+    spec = resolve_pipeline(ws, env)
     result = TickResult(spec.name)
-    with EventStore(ws) as store:
+    with EventStore(ws, env) as store:
         result.requeued = _requeue_dead_runs(ws, spec, store)
         result.enqueued = poll(Poll(ws, store, spec, time.time() if now is None else now), enabled, result.notes)
         if run:
@@ -142,7 +147,7 @@ def _requeue_dead_runs(ws, spec, store: EventStore) -> list[str]:
     """Queue again the events of recent runs whose process died before it finished them."""
     from ..store import PipelineStore, RunRecord
 
-    runs = PipelineStore(ws.root, spec.name)
+    runs = PipelineStore(ws.root, spec.name, env=spec.env)
     out = []
     for run_id in store.started_runs():
         path = runs.run_dir(run_id) / "run.json"
@@ -212,7 +217,7 @@ def _skip_disabled(store: EventStore, queued: list[Event], enabled: list[str], r
 def _run_in_progress(ws, spec) -> str | None:
     from ..store import PipelineStore
 
-    runs = PipelineStore(ws.root, spec.name).runs()
+    runs = PipelineStore(ws.root, spec.name, env=spec.env).runs()
     return runs[0]["run_id"] if runs and runs[0].get("state") == "running" else None
 
 
@@ -236,7 +241,7 @@ def cooldown_until(ws, spec) -> float | None:
     """When drift and quality may start training again: `[triggers] cooldown` after the last run ended."""
     from ..store import PipelineStore
 
-    runs = PipelineStore(ws.root, spec.name).runs()
+    runs = PipelineStore(ws.root, spec.name, env=spec.env).runs()
     if not runs:
         return None
     last = runs[0]
@@ -262,9 +267,9 @@ def _run(ws, spec, store: EventStore, queued: list[Event], result: TickResult, p
 
     ids = [e.id for e in queued]
     recorder = progress(store, ids) if progress else _Recorder(store, ids)
-    options = RunOptions(trigger=describe(queued), lineage=lineage)
+    options = RunOptions(trigger=describe(queued), lineage=lineage, env=spec.env)
     try:
-        record = run_pipeline(spec.file, options, progress=recorder, workspace=ws)
+        record = run_pipeline(spec.name if spec.env else spec.file, options, progress=recorder, workspace=ws)
         result.run_state = record["state"]
     except PipelineBusy as exc:
         result.waiting = f"{exc}; {len(queued)} event(s) stay queued"
@@ -286,7 +291,7 @@ def _record_interrupted(ws, spec, store: EventStore, run_id: str | None) -> None
     """Mark the interrupted run (this process's, if its id was not known yet) `interrupted`; requeue its events."""
     from ..store import PipelineStore
 
-    for record in PipelineStore(ws.root, spec.name).runs()[:5]:
+    for record in PipelineStore(ws.root, spec.name, env=spec.env).runs()[:5]:
         if record["run_id"] == run_id or (run_id is None and record.get("pid") == os.getpid()
                                           and record.get("state") == "running"):
             if record.get("state") == "running":  # the runner records it itself once its steps began
@@ -339,21 +344,22 @@ class _Stopper:
 
 
 def watch(workspace=None, interval: float | None = None, *, lineage: bool = True, out=None,
-          passes: int | None = None) -> int:
+          passes: int | None = None, env: str | None = None) -> int:
     """Run passes every `interval` seconds (`[triggers] interval`) until SIGINT/SIGTERM; print events and runs."""
     ws = as_workspace(workspace)
     say = out or (lambda text: print(time.strftime("%H:%M:%S"), text, flush=True))
     interval = interval or ws.settings.value("triggers", "interval")
-    spec = resolve_pipeline(ws)
+    spec = resolve_pipeline(ws, env)
     stopper = _Stopper(say)
     stopper.install()
-    say(f"watching for triggers of {spec.name} ({spec.file}) every {interval:g} s; kinds: "
+    where = f" in environment {env}" if env else ""
+    say(f"watching for triggers of {spec.name}{where} ({spec.file}) every {interval:g} s; kinds: "
         f"{', '.join(_enabled_kinds(ws))}; Ctrl-C or SIGTERM stops")
     seen, done = {"said": []}, 0
-    printer = _EventPrinter(ws, say, min(interval, 1.0))
+    printer = _EventPrinter(ws, say, min(interval, 1.0), env)
     try:
         while not stopper.stopping.is_set() and (passes is None or done < passes):
-            _watch_pass(ws, lineage, say, stopper, seen)
+            _watch_pass(ws, lineage, say, stopper, seen, env)
             done += 1
             if passes is None or done < passes:
                 stopper.stopping.wait(interval)
@@ -367,14 +373,14 @@ def watch(workspace=None, interval: float | None = None, *, lineage: bool = True
 class _EventPrinter(threading.Thread):
     """Prints every event as it is enqueued or settled, also while a run keeps the passes busy."""
 
-    def __init__(self, ws, say, every: float):
+    def __init__(self, ws, say, every: float, env: str | None = None):
         super().__init__(name="notebench-events", daemon=True)
-        self.ws, self.say, self.every = ws, say, every
+        self.ws, self.say, self.every, self.env = ws, say, every, env
         self.done, self.mark = threading.Event(), time.time()
         self.start()
 
     def run(self) -> None:
-        with EventStore(self.ws) as store:
+        with EventStore(self.ws, self.env) as store:
             while not self.done.wait(self.every):
                 self._print(store)
             self._print(store)
@@ -389,10 +395,10 @@ class _EventPrinter(threading.Thread):
         self.join(timeout=5)
 
 
-def _watch_pass(ws, lineage: bool, say, stopper: _Stopper, seen: dict) -> None:
+def _watch_pass(ws, lineage: bool, say, stopper: _Stopper, seen: dict, env: str | None = None) -> None:
     """One pass of `watch`: tick, then print changed events, the run, and notes or waits not said just before."""
     try:
-        result = tick(ws, lineage=lineage, progress=_watch_recorder(say), may_start=stopper.may_start)
+        result = tick(ws, lineage=lineage, progress=_watch_recorder(say), may_start=stopper.may_start, env=env)
     except NotebenchError as exc:  # e.g. the pipeline's spec is being edited: say so, try again next pass
         say(f"error: {exc}")
         return
