@@ -42,8 +42,10 @@ DASHBOARDS = {
                                  "and the triggers that fired."),
 }
 RUNS_ROUTE = "runs"
-UNUSED_EXTENSIONS = ("@jupyter-widgets/jupyterlab-manager", "@voila-dashboards/widgets-manager8",
-                     "@voila-dashboards/jupyterlab-preview", "jupyterlab_pygments")
+# Voila loads every JupyterLab extension installed in the venv unless an allowlist names the ones to load. These
+# pages use none (no widgets), and one a package brings along can break them: plotly's expects the widget manager
+# and logs a console error without it. An allowlist that names no installed extension loads none.
+NO_EXTENSION = "notebench-dashboards-load-no-extension"
 
 
 class DashboardsBusy(NotebenchError):
@@ -68,8 +70,8 @@ def voila_argv(folder: Path, host: str, port: int, open_browser: bool, pool_size
             "--strip_sources=True", "--theme=light", "--template=notebench", f"--Voila.open_browser={open_browser}",
             # a page holds its kernel until the tab closes; one left open is culled after 10 idle minutes
             "--MappingKernelManager.cull_idle_timeout=600", "--MappingKernelManager.cull_interval=60",
-            # no widgets on these pages: the browser need not download and run the widget managers' JavaScript
-            *[f"--VoilaConfiguration.extension_denylist={name}" for name in UNUSED_EXTENSIONS]]
+            # no widgets on these pages: the browser need not download and run any extension's JavaScript
+            f"--VoilaConfiguration.extension_allowlist={NO_EXTENSION}"]
     if pool_size > 0:
         # a used kernel is replaced 10 s later: after the visitor's page rendered, not competing with it for CPU
         argv += ["--preheat_kernel=True", f"--pool_size={pool_size}", "--VoilaKernelManager.fill_delay=10"]
