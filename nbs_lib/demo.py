@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -65,17 +64,13 @@ def _verdict(ws: Workspace) -> dict:
 # the service, in its own process
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Service:
     """`python -m nbs_lib.serving` on a free local port, watching the alias every second."""
 
     def __init__(self, ws: Workspace):
-        self.port = _free_port()
+        from .serving.deploycheck import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ws.root / "demo" / "service.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import fcntl
 import json
 import math
-import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -51,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import NotebenchError
+from .store import atomic_write_json
+from .workspace import Workspace
 
 __all__ = ["CHECKS", "Alert", "MonitorBusy", "MonitorReport", "MonitoringError", "monitor", "read_results",
            "read_windows"]
@@ -188,21 +189,11 @@ def _pass_lock(ws, wait: float):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _resolve(workspace):
-    """A `Workspace` from a `Workspace`, a workspace folder, or None (the settings' workspace)."""
-    from .settings import load_settings
-    from .workspace import Workspace
-
-    if workspace is None or hasattr(workspace, "settings"):
-        return workspace or Workspace()
-    return Workspace(load_settings(environ={**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(workspace)}))
-
-
 def read_results(workspace=None, *, since=None, model_version: str | None = None):
     """The monitoring results table: one row per (window, check, feature), oldest window first."""
     import pandas as pd
 
-    ws = _resolve(workspace)
+    ws = Workspace.of(workspace)
     if not (_folder(ws) / "monitoring.db").exists():
         return pd.DataFrame({c: [] for c in RESULT_COLUMNS}).astype({"alert": bool})
     query, args = "SELECT r.* FROM results r JOIN windows w USING (window_id) WHERE 1=1", []
@@ -221,7 +212,7 @@ def read_windows(workspace=None):
     """The windows judged so far: version, span, rows, dataset drift, drifted features, labels, quality judged."""
     import pandas as pd
 
-    ws = _resolve(workspace)
+    ws = Workspace.of(workspace)
     if not (_folder(ws) / "monitoring.db").exists():
         return pd.DataFrame()
     with _closing(_connect(ws)) as con:
@@ -244,7 +235,9 @@ def _closing(con):
 
 def _reference_file(ws, model_name: str, version: str) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_name)
-    return _folder(ws) / "references" / safe / f"{version}.json"
+    folder = _folder(ws) / "references" / safe
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{version}.json"
 
 
 def load_reference(ws, model_name: str, version: str, client=None) -> dict:
@@ -267,15 +260,8 @@ def load_reference(ws, model_name: str, version: str, client=None) -> dict:
     holdout = {k[len("notebench.metric."):]: float(v) for k, v in mv.tags.items() if k.startswith("notebench.metric.")}
     ref = {"model_name": model_name, "model_version": str(version), "run_id": mv.run_id, "profile": profile,
            "holdout": holdout, "fetched": _now()}
-    _write_json(path, ref)
+    atomic_write_json(path, ref)
     return ref
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -356,7 +342,7 @@ def _prediction_row(ref: dict, predictions, th: Thresholds, ws) -> dict:
         first = pd.DataFrame({PREDICTION: predictions})
         ref["first_window_prediction"] = profile(first, [PREDICTION], [])["columns"][PREDICTION]
         if ws is not None:
-            _write_json(_reference_file(ws, ref["model_name"], ref["model_version"]), ref)
+            atomic_write_json(_reference_file(ws, ref["model_name"], ref["model_version"]), ref)
         return _row("prediction_drift", PREDICTION, "baseline", None, None, False,
                     note="the reference profile holds no prediction distribution: this first window becomes the "
                          "baseline later windows of the version are compared with")
@@ -767,7 +753,7 @@ def monitor(workspace=None, *, log_to_mlflow: bool = True, settle: float | None 
             parent_run_id: str | None = None, wait: float = 60.0) -> MonitorReport:
     """One monitoring pass over the rows no pass has judged: drift and data quality per window, model quality on
     labelled windows; results stored in the workspace (`read_results`) and logged to MLflow; alerts returned."""
-    ws = _resolve(workspace)
+    ws = Workspace.of(workspace)
     th = Thresholds.from_settings(ws.settings)
     settle = ws.settings.value("monitoring", "settle") if settle is None else settle
     cutoff = int((_parse_time(until) if until is not None else time.time() - settle) * 1e6)

@@ -18,6 +18,18 @@ class Workspace:
         self.settings = settings or load_settings()  # effective settings; the default reads settings.ini
         self.root = self.settings.path("workspace", "path")
 
+    @classmethod
+    def of(cls, workspace: Workspace | Settings | str | os.PathLike | None = None) -> Workspace:
+        """A `Workspace` from a `Workspace`, `Settings`, a workspace folder (with the settings file's other
+        settings), or None (the settings file's workspace): what library functions taking `workspace=` accept."""
+        if isinstance(workspace, Workspace):
+            return workspace
+        if workspace is None or isinstance(workspace, Settings):
+            return cls(workspace)
+        ws = cls()
+        ws.root = Path(workspace).resolve()
+        return ws
+
     def ensure(self) -> Path:
         """Create the workspace folder (and its parents) if missing; return it."""
         self.root.mkdir(parents=True, exist_ok=True)

@@ -39,10 +39,9 @@ def create_app(workspace=None, *, config: ServingConfig | None = None, **options
     `config` replaces the `[serving]` settings; `options` override single fields of them (`model_uri`,
     `model_name`, `alias`, `watch_interval`, `shadow`, `log_predictions`, `flush_interval`, `token`, ...)."""
     from .. import __version__
-    from ..settings import Settings
     from ..workspace import Workspace
 
-    workspace = Workspace(workspace) if isinstance(workspace, Settings) or workspace is None else workspace
+    workspace = Workspace.of(workspace)
     config = (config or ServingConfig.from_settings(workspace.settings)).with_overrides(**options)
     service = Service(workspace, config)
 

@@ -454,7 +454,7 @@ def deploy_check(workspace=None, version: str | None = None, *, alias: str | Non
     from ..registry import champion as champion_of
     from ..workspace import Workspace
 
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    ws = Workspace.of(workspace)
     settings = ws.settings
     name = settings.value("registry", "model_name")
     requests = settings.value("serving", "check_requests") if requests is None else requests

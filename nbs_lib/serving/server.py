@@ -29,10 +29,9 @@ def serve(workspace=None, *, host: str | None = None, port: int | None = None, l
 
     `options` override `[serving]` settings (see `ServingConfig`): `model_uri`, `model_name`, `alias`,
     `watch_interval`, `shadow`, `log_predictions`, `flush_interval`, `threads`, `token`, ..."""
-    from ..settings import Settings
     from ..workspace import Workspace
 
-    workspace = Workspace(workspace) if isinstance(workspace, Settings) or workspace is None else workspace
+    workspace = Workspace.of(workspace)
     config = ServingConfig.from_settings(workspace.settings).with_overrides(host=host, port=port, **options)
     limit_native_threads(config.threads)
 

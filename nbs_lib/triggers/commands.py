@@ -36,10 +36,11 @@ def cmd_tick(args) -> int:
 def cmd_trigger(args) -> int:
     """Enqueue a trigger event by hand (on demand), then run a pass unless --no-run."""
     from ..errors import SettingsError
-    from .events import as_workspace, enqueue
+    from ..workspace import Workspace
+    from .events import enqueue
     from .service import resolve_pipeline, tick
 
-    ws = as_workspace()
+    ws = Workspace()
     spec = resolve_pipeline(ws, args.env)
     if args.pipeline not in (spec.name, str(spec.file), str(spec.folder)):
         raise SettingsError(f"triggers start pipeline '{spec.name}' ({spec.file}), not '{args.pipeline}'; "
@@ -58,9 +59,10 @@ def cmd_trigger(args) -> int:
 
 def cmd_events(args) -> int:
     """List recent trigger events, newest last."""
-    from .events import EventStore, as_workspace
+    from ..workspace import Workspace
+    from .events import EventStore
 
-    with EventStore(as_workspace(), args.env) as store:
+    with EventStore(Workspace(), args.env) as store:
         events = store.since(0, args.limit)
     if args.status:
         events = [e for e in events if e.status == args.status]

@@ -20,11 +20,11 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import NotebenchError
+from ..workspace import Workspace
 
-__all__ = ["STATUSES", "Event", "EventStore", "TriggerInputError", "as_workspace", "enqueue", "read_events"]
+__all__ = ["STATUSES", "Event", "EventStore", "TriggerInputError", "enqueue", "read_events"]
 
 STATUSES = ("queued", "started", "coalesced", "skipped")
 COLUMNS = ("id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into", "details", "note",
@@ -89,17 +89,6 @@ class Event:
         return f"#{self.id:<4} {when}  {self.kind:<9} {self.status:<9} {self.reason}{tail}"
 
 
-def as_workspace(workspace=None):
-    """A `Workspace` from None (the settings'), a `Workspace`, or a workspace folder path."""
-    from ..workspace import Workspace
-
-    if workspace is None or isinstance(workspace, Workspace):
-        return workspace or Workspace()
-    ws = Workspace()
-    ws.root = Path(workspace).resolve()
-    return ws
-
-
 def who() -> str:
     """user@host, for events a person enqueued."""
     try:
@@ -114,7 +103,7 @@ class EventStore:
     by one thread."""
 
     def __init__(self, workspace=None, env: str | None = None):
-        self.ws = as_workspace(workspace)
+        self.ws = Workspace.of(workspace)
         self.path = self.ws.path("triggers", f"events@{env}.db" if env else "events.db")
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from ..errors import NotebenchError, PipelineBusy, SettingsError
 from ..progress import TerminalProgress
-from .events import Event, EventStore, as_workspace
+from ..workspace import Workspace
+from .events import Event, EventStore
 from .kinds import KINDS, Found, Poll, SourceUnavailable
 
 __all__ = ["TickResult", "resolve_pipeline", "tick", "watch"]
@@ -101,7 +102,7 @@ def tick(workspace=None, *, run: bool = True, lineage: bool = True, now: float |
     seconds); `progress(store, ids)` makes the run's `_Recorder`; `may_start()` returning False keeps the queue;
     `env`: the environment whose deployed pipeline runs (its own event queue, runs and lock).
     """
-    ws = as_workspace(workspace)
+    ws = Workspace.of(workspace)
     enabled = _enabled_kinds(ws)
     spec = resolve_pipeline(ws, env)
     result = TickResult(spec.name)
@@ -346,7 +347,7 @@ class _Stopper:
 def watch(workspace=None, interval: float | None = None, *, lineage: bool = True, out=None,
           passes: int | None = None, env: str | None = None) -> int:
     """Run passes every `interval` seconds (`[triggers] interval`) until SIGINT/SIGTERM; print events and runs."""
-    ws = as_workspace(workspace)
+    ws = Workspace.of(workspace)
     say = out or (lambda text: print(time.strftime("%H:%M:%S"), text, flush=True))
     interval = interval or ws.settings.value("triggers", "interval")
     spec = resolve_pipeline(ws, env)
