@@ -33,7 +33,10 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'nbs_lib.features.derived_columns': ('features.html#derived_columns', 'nbs_lib/features.py'),
                                   'nbs_lib.features.feast_definitions': ('features.html#feast_definitions', 'nbs_lib/features.py'),
                                   'nbs_lib.features.feature_refs': ('features.html#feature_refs', 'nbs_lib/features.py')},
-            'nbs_lib.model': { 'nbs_lib.model._codes': ('model.html#_codes', 'nbs_lib/model.py'),
+            'nbs_lib.model': { 'nbs_lib.model.CodedBooster': ('model.html#codedbooster', 'nbs_lib/model.py'),
+                               'nbs_lib.model.CodedBooster._preprocess_X': ('model.html#codedbooster._preprocess_x', 'nbs_lib/model.py'),
+                               'nbs_lib.model._codes': ('model.html#_codes', 'nbs_lib/model.py'),
+                               'nbs_lib.model._encode': ('model.html#_encode', 'nbs_lib/model.py'),
                                'nbs_lib.model.make_model': ('model.html#make_model', 'nbs_lib/model.py'),
                                'nbs_lib.model.model_matrix': ('model.html#model_matrix', 'nbs_lib/model.py'),
                                'nbs_lib.model.search_space': ('model.html#search_space', 'nbs_lib/model.py')}}}
