@@ -37,6 +37,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'nbs_lib.model.CodedBooster._preprocess_X': ('model.html#codedbooster._preprocess_x', 'nbs_lib/model.py'),
                                'nbs_lib.model._codes': ('model.html#_codes', 'nbs_lib/model.py'),
                                'nbs_lib.model._encode': ('model.html#_encode', 'nbs_lib/model.py'),
+                               'nbs_lib.model._feature_columns': ('model.html#_feature_columns', 'nbs_lib/model.py'),
                                'nbs_lib.model.make_model': ('model.html#make_model', 'nbs_lib/model.py'),
                                'nbs_lib.model.model_matrix': ('model.html#model_matrix', 'nbs_lib/model.py'),
                                'nbs_lib.model.search_space': ('model.html#search_space', 'nbs_lib/model.py')}}}
