@@ -17,6 +17,7 @@ Modules:
 - `nbs_lib.features`: Derived features, computed by the same code in training and in serving.
 - `nbs_lib.featurestore`: The feature store: a Feast repo inside the workspace, one definition shared by training and serving.
 - `nbs_lib.fingerprint`: Content fingerprints of steps: what a step's result depends on, and which part of it changed.
+- `nbs_lib.imports`: Import-time costs of our dependencies that a process can refuse to pay.
 - `nbs_lib.kernels`: Warm Jupyter kernels: each one forked from a server that has already imported the heavy libraries.
 - `nbs_lib.landing`: The landing area and its ledger: which batches arrived, which were already taken, and what changed.
 - `nbs_lib.lineage`: Lineage in MLflow, written by a sidecar process so that the runner never waits for `import mlflow`.

@@ -3,8 +3,10 @@
 The runner starts `python -m nbs_lib.lineage` at the beginning of a run and sends it one JSON line per event
 (pipeline started, step started, step ended, pipeline ended). The sidecar imports MLflow while the first steps
 start, creates a parent run per pipeline run and a child run per step, logs tags, parameters, metrics, the
-executed notebooks (ipynb and HTML) and pointers to every product. It answers only when the runner needs an
-MLflow run id (a step notebook logs into its own child run). At the end of a run the runner does not wait
+executed notebooks (ipynb and HTML) and pointers to every product. It publishes each MLflow run id as a file in
+the run's folder (`publish_id`), where a step notebook that logs into its own child run finds it; the runner
+never waits for one, and the sidecar runs at a lower CPU priority: on a small machine the kernels and the
+runner come first, and lineage catches up when a core is free. At the end of a run the runner does not wait
 (unless asked to): the sidecar finishes its last writes on its own and then writes `lineage.json` in the run's
 folder, which is how `notebench show` and tests know the record is complete. If the runner dies, the sidecar
 sees its input close and ends the pipeline run as FAILED, saying so.
@@ -12,6 +14,7 @@ sees its input close and ends the pipeline run as FAILED, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -21,7 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["LineageClient", "await_id", "now_ms", "publish_id"]
+__all__ = ["LineageClient", "await_id", "now_ms", "publish_id", "published_id"]
+
+
+_NICENESS = 10  # the sidecar's CPU priority below the runner's and the kernels'
 
 
 def now_ms() -> int:
@@ -41,6 +47,14 @@ def publish_id(run_dir: Path, key: str, run_id: str) -> None:
     os.replace(tmp, path)
 
 
+def published_id(run_dir: Path, key: str) -> str | None:
+    """The MLflow run id of `key` if the sidecar has published it, without waiting."""
+    try:
+        return _id_file(Path(run_dir), key).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def await_id(run_dir: Path, key: str, timeout: float = 120) -> str | None:
     """The MLflow run id of `key` once the sidecar has created it (None after `timeout` seconds)."""
     path, deadline = _id_file(Path(run_dir), key), time.time() + timeout
@@ -57,7 +71,7 @@ class LineageClient:
     def __init__(self, run_dir: Path, setup: dict):
         log = open(run_dir / "lineage.log", "ab")
         self._proc = subprocess.Popen([sys.executable, "-m", "nbs_lib.lineage"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
         self._lock = threading.Lock()
@@ -68,14 +82,6 @@ class LineageClient:
         with self._lock:
             self._proc.stdin.write((json.dumps(event, default=str) + "\n").encode())
             self._proc.stdin.flush()
-
-    def run_id(self, key: str, timeout: float = 120) -> str | None:
-        """The MLflow run id of `key` ("pipeline" or "step:<name>"), waiting for the sidecar to create it."""
-        with self._lock:
-            self._proc.stdin.write((json.dumps({"op": "get_id", "key": key}) + "\n").encode())
-            self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
-        return json.loads(line).get("run_id") if line else None
 
     def close(self, wait: bool = True, timeout: float = 300) -> int | None:
         """End the conversation; wait for the sidecar to finish writing unless `wait` is False."""
@@ -142,10 +148,6 @@ class _Recorder:
         for name, value in (e.get("params") or {}).items():
             client.log_param(run.info.run_id, name, json.dumps(value, default=str)[:6000]
                              if not isinstance(value, str) else value[:6000])
-
-    def op_get_id(self, e):
-        sys.stdout.write(json.dumps({"run_id": self.ids.get(e["key"])}) + "\n")
-        sys.stdout.flush()
 
     def op_end(self, e):
         client = self._client()
@@ -216,18 +218,21 @@ def _work(rec: _Recorder, queue, created: threading.Condition) -> None:
             print(f"lineage: {event.get('op')} {event.get('key', '')} failed: {exc!r}", file=sys.stderr)
             if event.get("op") == "start":
                 rec.failed.add(event["key"])
-            if event.get("op") == "get_id":
-                sys.stdout.write(json.dumps({"run_id": None}) + "\n")
-                sys.stdout.flush()
         if event["op"] == "start":
             with created:
                 created.notify_all()
 
 
 def main() -> int:
-    """Two workers: one creates runs and answers id requests at once, one writes the slower ends."""
+    """Two workers: one creates runs (and publishes their ids) at once, one writes the slower ends."""
     import queue as queues
 
+    with contextlib.suppress(OSError):
+        os.nice(_NICENESS)
+
+    from .imports import defer_iri_grammar
+
+    defer_iri_grammar()  # nbconvert's jsonschema would build IRI parsers: 2.75 s (see nbs_lib.imports)
     rec = _Recorder()
     fast, slow = queues.Queue(), queues.Queue()
     created = threading.Condition()

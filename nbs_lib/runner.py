@@ -20,7 +20,8 @@ from . import __version__
 from .errors import NotebenchError, StepFailed
 from .executors import get_executor, wait_any
 from .fingerprint import Fingerprint, path_digest
-from .lineage import LineageClient, now_ms
+from .imports import defer_iri_grammar
+from .lineage import LineageClient, now_ms, published_id
 from .notebooks import read_notebook
 from .progress import Progress, TerminalProgress
 from .spec import INJECTED, PipelineSpec, StepSpec, find_pipeline, load_spec
@@ -258,8 +259,9 @@ class _Run:
                                         f"(to {', '.join(products[p] for p in missing)})",
                              notebook=notebook, resume=self._resume_hint(step))
         digests = {p: path_digest(Path(path)) for p, path in products.items()}
-        manifest = {"fingerprint": fp.to_dict(), "products": digests, "run_id": self.run_id,
-                    "mlflow_run_id": self._mlflow_id(step), "produced": time.time()}
+        # no MLflow run id here: asking the sidecar would make the step wait for MLflow (a cached step finds the id
+        # the sidecar published in the producing run's folder)
+        manifest = {"fingerprint": fp.to_dict(), "products": digests, "run_id": self.run_id, "produced": time.time()}
         final = self.store.commit(step.name, staging, manifest)
         ended = time.time()
         started = self.record["steps"][step.name]["started"]
@@ -332,12 +334,6 @@ class _Run:
                 "env": self.opts.env, "bundle": self.record.get("bundle"), "git": self.record["git"],
                 "previous": {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}}
 
-    def _mlflow_id(self, step: StepSpec | None) -> str | None:
-        if not self.lineage:
-            return None
-        key = "pipeline" if step is None else f"step:{step.name}"
-        return self.lineage.run_id(key)
-
     def _resume_hint(self, step: StepSpec) -> str:
         env = f" --env {self.opts.env}" if self.opts.env else ""
         return f"notebench run {self.spec.name}{env}   (finished steps are cached; it resumes at '{step.name}')"
@@ -375,7 +371,9 @@ class _Run:
                 "notebench.cached": str(cached_from is not None).lower()}
         if cached_from is not None:
             tags["notebench.cached_from_run"] = cached_from.get("run_id", "")
-            tags["notebench.cached_from_mlflow_run"] = cached_from.get("mlflow_run_id") or ""
+            producer = cached_from.get("run_id")
+            tags["notebench.cached_from_mlflow_run"] = cached_from.get("mlflow_run_id") or (producer and published_id(
+                self.store.run_dir(producer), f"step:{step.name}")) or ""
         self.lineage.send({"op": "start", "key": f"step:{step.name}", "name": step.name,
                            "start_ms": int(started * 1000), "tags": tags,
                            "params": self.spec.step_parameters(step, self.opts.parameters)})
@@ -411,6 +409,7 @@ _IMPORTS = threading.Lock()  # papermill and jupyter_client imported by two thre
 
 def _import_papermill() -> None:
     """Import papermill ahead of the first step (it takes seconds)."""
+    defer_iri_grammar()  # nbformat's jsonschema would build IRI parsers: 2.75 s (see nbs_lib.imports)
     with _IMPORTS:
         import jupyter_client.kernelspec  # noqa: F401
         import papermill  # noqa: F401

@@ -122,6 +122,12 @@ def test_lineage_parent_and_child_runs(workspace, forkjoin):
     assert artifacts == {"notebook/b.ipynb", "notebook/b.html"}
     assert "b_out" in json.loads(Path(client.download_artifacts(ids["step:b"], "products.json")).read_text())
 
+    notebench("run", str(forkjoin), "--wait-lineage", check=True)  # all cached: each step points at its producer
+    run_dir = sorted((workspace / "pipelines/fj/runs").glob("*"))[-1]
+    cached = client.get_run(json.loads((run_dir / "lineage.json").read_text())["mlflow_runs"]["step:b"])
+    assert cached.data.tags["notebench.cached"] == "true"
+    assert cached.data.tags["notebench.cached_from_mlflow_run"] == ids["step:b"]
+
 
 def test_second_run_refuses_while_first_holds_the_lock(workspace, tmp_path):
     spec = make_pipeline(tmp_path / "slow", {"s": {"body": "import time\ntime.sleep(20)"}})
