@@ -88,6 +88,7 @@ one row of a 300-tree model took 5.6 ms that way, 1.3 ms as a forest; from 8 row
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[-1] if X.ndim else 0} features, but {type(self).__name__} "
                              f"is expecting {self.n_features_in_} features as input.")
+        if not len(X): raise ValueError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required.")
         categorical = self.is_categorical_
         known = self._preprocessor.named_transformers_["encoder"].categories_
         return np.column_stack([*(_encode(X[:, j], values) for j, values in zip(np.flatnonzero(categorical), known)),
