@@ -57,16 +57,14 @@ def published_id(run_dir: Path, key: str) -> str | None:
 
 def await_id(run_dir: Path, key: str, timeout: float = 120) -> str | None:
     """The MLflow run id of `key` once the sidecar has created it (None after `timeout` seconds)."""
-    path, deadline = _id_file(Path(run_dir), key), time.time() + timeout
-    while time.time() < deadline:
-        if path.exists():
-            return path.read_text().strip()
+    deadline = time.time() + timeout
+    while (run_id := published_id(run_dir, key)) is None and time.time() < deadline:
         time.sleep(0.05)
-    return None
+    return run_id
 
 
 class LineageClient:
-    """The runner's end: send events, ask for run ids, wait for (or detach from) the sidecar."""
+    """The runner's end: send events, then wait for (or detach from) the sidecar."""
 
     def __init__(self, run_dir: Path, setup: dict):
         log = open(run_dir / "lineage.log", "ab")

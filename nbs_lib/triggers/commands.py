@@ -79,6 +79,10 @@ def cmd_events(args) -> int:
     return 0
 
 
+_ENV_HELP = ("an environment (notebench environments): run the pipeline version deployed in it, with its own event "
+            "queue, runs and lock (default: the project's)")
+
+
 def add_commands(sub) -> None:
     """Add `watch`, `tick`, `trigger` and `events` to the `notebench` subcommands."""
     w = sub.add_parser("watch", help="the trigger service: poll schedule, new data, drift, quality; start training",
@@ -88,8 +92,7 @@ def add_commands(sub) -> None:
                                    "(recorded as interrupted; its events are queued again).")
     w.add_argument("--interval", type=float, help="seconds between passes ([triggers] interval)")
     w.add_argument("--no-lineage", action="store_true", help="do not record the runs it starts in MLflow")
-    w.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
-                         "with its own event queue, runs and lock (default: the project's)")
+    w.add_argument("--env", help=_ENV_HELP)
     w.set_defaults(func=cmd_watch)
 
     t = sub.add_parser("tick", help="one pass of the trigger service (for cron and CI)",
@@ -97,8 +100,7 @@ def add_commands(sub) -> None:
                                    "events unless one is in progress. Exits 1 only if the run it started failed.")
     t.add_argument("--no-run", action="store_true", help="only poll the sources and enqueue; start nothing")
     t.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
-    t.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
-                         "with its own event queue, runs and lock (default: the project's)")
+    t.add_argument("--env", help=_ENV_HELP)
     t.set_defaults(func=cmd_tick)
 
     g = sub.add_parser("trigger", help="enqueue a training trigger by hand (on demand), then run a pass")
@@ -107,14 +109,12 @@ def add_commands(sub) -> None:
     g.add_argument("--kind", default="on_demand", help="event kind (default: on_demand)")
     g.add_argument("--no-run", action="store_true", help="only enqueue; the next tick or watch pass starts it")
     g.add_argument("--no-lineage", action="store_true", help="do not record the run it starts in MLflow")
-    g.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
-                         "with its own event queue, runs and lock (default: the project's)")
+    g.add_argument("--env", help=_ENV_HELP)
     g.set_defaults(func=cmd_trigger)
 
     e = sub.add_parser("events", help="list recent trigger events and the runs they started")
     e.add_argument("-n", "--limit", type=int, default=30, help="how many (default: 30)")
     e.add_argument("--status", choices=["queued", "started", "coalesced", "skipped"], help="only these")
     e.add_argument("--json", action="store_true", help="print JSON")
-    e.add_argument("--env", help="an environment (notebench environments): run the pipeline version deployed in it, "
-                         "with its own event queue, runs and lock (default: the project's)")
+    e.add_argument("--env", help=_ENV_HELP)
     e.set_defaults(func=cmd_events)
