@@ -1,6 +1,6 @@
 """Feast retrieval: point-in-time joins on Notebench's offline store vs Feast's DuckDB and file (Dask) stores.
 
-Notebench's repo is Feast with `nbs_lib.feast_offline.AsofDuckDBOfflineStore` (Feast's DuckDB store whose
+Notebench's repo is Feast with `notebench.features.feast_offline.AsofDuckDBOfflineStore` (Feast's DuckDB store whose
 point-in-time join is a DuckDB ASOF JOIN); `duckdb` and `file` are Feast's own stores as a user would configure
 them; `asof` is the floor: the same join written by hand, without Feast.
 
@@ -86,7 +86,7 @@ def repo_for(store: str, folder: Path, source: Path):
     """`notebench`: the workspace's FeatureRepo (Feast with the ASOF offline store); else a plain
     feast.FeatureStore on Feast's own DuckDB or file (Dask) offline store; applied."""
     if store == "notebench":
-        from nbs_lib.featurestore import FeatureRepo
+        from notebench.features.store import FeatureRepo
 
         repo = FeatureRepo(path=folder / "repo_notebench")
         repo.apply(source)

@@ -90,7 +90,7 @@ def run_evidently() -> dict:
 
 
 def run_notebench() -> dict:
-    from nbs_lib.drift import compare, profile
+    from notebench.monitoring.drift import compare, profile
 
     reference, current = make(REFERENCE_ROWS, 1, False), make(CURRENT_ROWS, 2, True)
     start = time.perf_counter()
@@ -111,9 +111,9 @@ def prepare_log(workspace: Path) -> None:
     """The 1M current rows in the prediction log (segments of 10k rows), and the reference in the monitoring cache."""
     from types import SimpleNamespace
 
-    from nbs_lib.drift import profile
-    from nbs_lib.monitoring import _reference_file, _resolve, _write_json
-    from nbs_lib.serving.predlog import PredictionLog, log_root
+    from notebench.monitoring.drift import profile
+    from notebench.monitoring.monitor import _reference_file, _resolve, _write_json
+    from notebench.serving.predlog import PredictionLog, log_root
 
     ws = _resolve(workspace)
     ref = profile(make(REFERENCE_ROWS, 1, False), NUMERIC, CATEGORICAL)
@@ -136,7 +136,7 @@ def prepare_log(workspace: Path) -> None:
 def run_monitor(workspace: str, window: int) -> dict:
     os.environ["NOTEBENCH_WORKSPACE_PATH"] = workspace
     os.environ["NOTEBENCH_MONITORING_WINDOW"] = str(window)
-    from nbs_lib.monitoring import monitor
+    from notebench.monitoring.monitor import monitor
 
     before = peak_mb()
     start = time.perf_counter()

@@ -81,7 +81,7 @@ def lineage_done(workspace: Path, started: float, timeout: float = 300) -> float
         if runs and (runs[-1] / "lineage.json").exists():
             done = time.perf_counter() - started
             while time.perf_counter() < deadline and any(
-                    "nbs_lib.lineage" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+                    "notebench.pipeline.lineage" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
                 time.sleep(0.1)
             return done
         time.sleep(0.1)
@@ -96,7 +96,7 @@ def main() -> int:
         # the kernel server imports what these steps import (the project default also loads the use case's
         # modules, which these synthetic steps do not need)
         env = {**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(tmp / "ws"),
-               "NOTEBENCH_PIPELINE_WARM_IMPORTS": "pandas, sklearn.ensemble, mlflow, nbs_lib.step"}
+               "NOTEBENCH_PIPELINE_WARM_IMPORTS": "pandas, sklearn.ensemble, mlflow, notebench.step"}
         loop = papermill_loop(folder, tmp / "loop", work_log)
         loop_work = work_seconds(work_log)
         started = time.perf_counter()

@@ -55,16 +55,16 @@ def main() -> int:
     py, nb = BIN / "python", BIN / "notebench"
     a, b = tmp / "a", tmp / "b"
     for dist, root in ((a, ROOT), (b, second_project(tmp))):
-        subprocess.run(f"{py} -m nbs_lib.bundle stage smoke passed --root {root} --dist {dist}", shell=True,
+        subprocess.run(f"{py} -m notebench.release.bundle stage smoke passed --root {root} --dist {dist}", shell=True,
                        cwd=ROOT, env=env, check=True, capture_output=True)
     results = {
         "build: notebench bundle (manifest, hashes, deterministic tar)":
-            timed(f"{py} -m nbs_lib.bundle build --dist {a}", args.repeat, env),
+            timed(f"{py} -m notebench.release.bundle build --dist {a}", args.repeat, env),
         "build: git archive + sha256sum":
             timed(f"git archive --format=tar.gz -o {tmp}/plain.tar.gz HEAD notebooks/pipelines uv.lock && "
                   f"sha256sum {tmp}/plain.tar.gz", args.repeat, env),
     }
-    subprocess.run(f"{py} -m nbs_lib.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT, env=env,
+    subprocess.run(f"{py} -m notebench.release.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT, env=env,
                    check=True, capture_output=True)
     bundle_a, bundle_b = (next(d.glob("notebench-pipelines-*.tar.gz")) for d in (a, b))
     plain = tmp / "plain"

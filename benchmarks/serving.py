@@ -1,7 +1,7 @@
 """Serving: Notebench's prediction service vs `mlflow models serve`, on the same model, under the same load.
 
 Two models, each trained on `--days` x `--customers` of demo data in a temporary workspace, logged with
-`nbs_lib.tracking.log_sklearn_model` and registered as the champion of its own registered model:
+`notebench.registry.tracking.log_sklearn_model` and registered as the champion of its own registered model:
 - "use case": the pipeline Notebench trains (`nbs_lib.model.make_model`: a numpy model matrix of derived features
   and category codes, then `CodedBooster`, a HistGradientBoosting classifier over the 14 raw features). One row
   takes ~1.4 ms in-process on this machine (it was ~7-8 ms with scikit-learn's own booster, whose per-call
@@ -74,13 +74,13 @@ def build_models(folder: Path, days: int, customers: int) -> dict:
     `folder`; return per label its local artifact path, registered name, feature frame and training rows."""
     os.environ["NOTEBENCH_WORKSPACE_PATH"] = str(folder)
     import mlflow
+    from notebench.registry.tracking import log_sklearn_model
+    from notebench.workspace import Workspace
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from nbs_lib.data import FEATURES, NUMERIC, TARGET, load_landing
     from nbs_lib.demo_data import generate
     from nbs_lib.model import make_model
-    from nbs_lib.tracking import log_sklearn_model
-    from nbs_lib.workspace import Workspace
 
     ws = Workspace()
     client = ws.client()
@@ -141,7 +141,7 @@ def start(kind: str, model: dict, workspace: Path, port: int, log: Path, wait: b
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NOTEBENCH_WORKSPACE_PATH": str(workspace),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     if kind == "notebench":
-        cmd = [sys.executable, "-m", "nbs_lib.serving", "--port", str(port), "--model-name", model["name"],
+        cmd = [sys.executable, "-m", "notebench.serving", "--port", str(port), "--model-name", model["name"],
                "--log-level", "warning"]
     else:
         cmd = [str(BIN / "mlflow"), "models", "serve", "-m", str(model["local"]), "--env-manager", "local", "-h",
@@ -306,7 +306,7 @@ def main() -> None:
     try:
         models = build_models(workspace, args.days, args.customers)
         runs = {label: run_model(label, model, folder, workspace, args.duration) for label, model in models.items()}
-        from nbs_lib.serving import read_predictions
+        from notebench.serving import read_predictions
 
         logged = len(read_predictions(workspace, columns=["request_id"]))
         case, control = runs["use case"], runs["control"]

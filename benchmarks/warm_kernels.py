@@ -22,8 +22,7 @@ from pathlib import Path
 import nbformat
 import papermill
 from nbformat.v4 import new_code_cell, new_notebook
-
-from nbs_lib.kernels import KernelPool
+from notebench.pipeline.kernels import KernelPool
 
 RESULTS = Path(__file__).parent / "results"
 IMPORTS = ["pandas", "numpy", "sklearn", "mlflow"]  # what the server imports once, by default

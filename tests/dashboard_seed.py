@@ -7,7 +7,7 @@
 - Pipeline runs: a two-step pipeline named `training` run for real by the runner (papermill kernels, no lineage):
   a first run that fails at `train`, then one that succeeds with `ingest` cached.
 - The prediction log: two hours of champion predictions written by the service's own `PredictionLog`.
-- Monitoring results and trigger events, through `nbs_lib.monitoring` / `nbs_lib.triggers` when this checkout has
+- Monitoring results and trigger events, through `notebench.monitoring.monitor` / `notebench.triggers` when this checkout has
   them (their own writers: a real monitoring pass over the log, a queued trigger).
 """
 
@@ -29,7 +29,7 @@ FAIL_ERROR = "holdout AUC undefined: one class only"
 
 
 def _reference(frame: pd.DataFrame) -> dict:
-    from nbs_lib.drift import profile
+    from notebench.monitoring.drift import profile
 
     return profile(frame, FEATURES, [])
 
@@ -54,7 +54,7 @@ def _evaluate_run(client, experiment: str, auc: float, north: float) -> str:
 
 def seed_registry(ws, runs: list[str]) -> dict:
     """Three versions (v2 champion), each from pipeline run `runs[i]` with per-segment evaluate metrics."""
-    from nbs_lib import registry
+    from notebench.registry import models as registry
 
     client = ws.client()
     experiment = ws.experiment_id(client)
@@ -88,9 +88,9 @@ def seed_registry(ws, runs: list[str]) -> dict:
 
 def seed_runs(ws, folder: Path) -> dict:
     """A real failed run (at `train`) then a real succeeded one (`ingest` cached) of a pipeline named `training`."""
-    from nbs_lib.errors import StepFailed
-    from nbs_lib.progress import Progress
-    from nbs_lib.runner import RunOptions, run_pipeline
+    from notebench.errors import StepFailed
+    from notebench.pipeline.progress import Progress
+    from notebench.pipeline.runner import RunOptions, run_pipeline
 
     spec = make_pipeline(folder / "training", {
         "ingest": {"body": "import pathlib\npathlib.Path(step.output('rows')).write_text('200')",
@@ -111,7 +111,7 @@ def seed_runs(ws, folder: Path) -> dict:
 def seed_predictions(ws, model_name: str, version: str, hours: float = 2.0, per_request: int = 50,
                      requests: int = 48) -> int:
     """`requests` requests spread over the last `hours`, the second half drifting in tenure and support calls."""
-    from nbs_lib.serving.predlog import PredictionLog, log_root
+    from notebench.serving.predlog import PredictionLog, log_root
 
     log = PredictionLog(log_root(ws), flush_interval=0.05).start()
     rng = np.random.default_rng(1)
@@ -130,20 +130,20 @@ def seed_predictions(ws, model_name: str, version: str, hours: float = 2.0, per_
 
 
 def seed_monitoring(ws) -> bool:
-    """One real monitoring pass over the log (`[monitoring] window` rows a window), if `nbs_lib.monitoring` exists."""
-    if importlib.util.find_spec("nbs_lib.monitoring") is None:
+    """One real monitoring pass over the log (`[monitoring] window` rows a window), if `notebench.monitoring.monitor` exists."""
+    if importlib.util.find_spec("notebench.monitoring.monitor") is None:
         return False
-    from nbs_lib.monitoring import monitor
+    from notebench.monitoring.monitor import monitor
 
     monitor(ws, log_to_mlflow=False, settle=0)
     return True
 
 
 def seed_triggers(ws) -> bool:
-    """A drift trigger event, when this checkout has `nbs_lib.triggers`."""
-    if importlib.util.find_spec("nbs_lib.triggers") is None:
+    """A drift trigger event, when this checkout has `notebench.triggers`."""
+    if importlib.util.find_spec("notebench.triggers") is None:
         return False
-    from nbs_lib.triggers import enqueue
+    from notebench.triggers import enqueue
 
     enqueue(ws, "drift", "dataset drift: 2 of 3 features drift (tenure, support_calls)", source="monitoring")
     return True

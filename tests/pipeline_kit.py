@@ -17,7 +17,7 @@ def step_notebook(path: Path, body: str, params: str = "", name: str = "") -> Pa
     nb.metadata = {"kernelspec": {"name": "notebench", "display_name": "Python (notebench)", "language": "python"}}
     cell = new_code_cell(PARAMS + params, id="params")
     cell.metadata["tags"] = ["parameters"]
-    setup = new_code_cell(f"from nbs_lib.step import Step\nstep = Step({name or path.stem!r}, upstream=upstream, "
+    setup = new_code_cell(f"from notebench.step import Step\nstep = Step({name or path.stem!r}, upstream=upstream, "
                           "products=products, context=context)", id="setup")
     nb.cells = [new_markdown_cell(f"# {path.stem}", id="title"), cell, setup, new_code_cell(body, id="body")]
     nbformat.write(nb, path)

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from nbs_lib.evaluation import evaluate
-from nbs_lib.registry import NO_BASELINE, blessing, blessing_markdown
+from notebench.evaluation import evaluate
+from notebench.registry.models import NO_BASELINE, blessing, blessing_markdown
 
 GATES = dict(minimum=0.70, max_regression=0.01, segment_tolerance=0.02)
 

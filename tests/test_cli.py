@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import notebench
-
-from nbs_lib import __version__
+from notebench import __version__
 
 
 def test_help_lists_the_subcommands():
@@ -23,7 +22,7 @@ def test_help_imports_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys; from nbs_lib.cli import build_parser; build_parser();"
+    code = ("import sys; from notebench.cli import build_parser; build_parser();"
             "heavy = [m for m in ('mlflow', 'pandas', 'feast', 'sklearn', 'papermill') if m in sys.modules];"
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -49,9 +49,9 @@ def _env(ws: Path, **extra) -> dict:
 
 
 def _settings_for(ws: Path):
-    from nbs_lib.settings import load_settings
+    from notebench.settings import load_settings
 
-    return load_settings(environ=_env(ws, NOTEBENCH_PIPELINE_WARM_IMPORTS="nbs_lib.step"))
+    return load_settings(environ=_env(ws, NOTEBENCH_PIPELINE_WARM_IMPORTS="notebench.step"))
 
 
 def _empty_mlflow_store(cache, ws: Path) -> None:
@@ -81,7 +81,7 @@ def empty_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, request, empty_server):
     """A demo-like workspace: three versions (v2 champion), a failed then a succeeded run, two hours of predictions."""
-    from nbs_lib.workspace import Workspace
+    from notebench.workspace import Workspace
 
     root = tmp_path_factory.mktemp("dashboards")
     ws_path = root / "ws"
@@ -196,7 +196,7 @@ def assert_clean(result: dict) -> None:
 
 # the panels, read directly ---------------------------------------------------------------------------------
 def test_panels_read_the_champion_versions_and_segments(seeded):
-    from nbs_lib.dashboards import panels
+    from notebench.dashboards import panels
 
     ws = seeded["ws"]
     champ = panels.champion_summary(ws)
@@ -213,7 +213,7 @@ def test_panels_read_the_champion_versions_and_segments(seeded):
 
 
 def test_panels_read_runs_with_the_failing_step_and_cached_steps(seeded):
-    from nbs_lib.dashboards import panels
+    from notebench.dashboards import panels
 
     runs = panels.recent_runs(seeded["ws"])
     assert runs["run_id"].tolist() == [seeded["ok_run"], seeded["failed_run"]]
@@ -225,7 +225,7 @@ def test_panels_read_runs_with_the_failing_step_and_cached_steps(seeded):
 
 
 def test_panels_volume_and_health_states(seeded):
-    from nbs_lib.dashboards import panels
+    from notebench.dashboards import panels
 
     volume = panels.prediction_volume(seeded["ws"])
     assert volume["predictions"].sum() == seeded["predictions"] and set(volume["model_version"]) == {"2"}
@@ -237,7 +237,7 @@ def test_panels_volume_and_health_states(seeded):
 
 
 def _results(alerts: dict[str, bool], windows: int = 2) -> pd.DataFrame:
-    """Monitoring results in `nbs_lib.monitoring.read_results`'s shape: the newest window flags `alerts`."""
+    """Monitoring results in `notebench.monitoring.monitor.read_results`'s shape: the newest window flags `alerts`."""
     rows = []
     for w in range(windows):
         end = f"2026-11-27T1{w}:00:00+00:00"
@@ -257,7 +257,7 @@ def _results(alerts: dict[str, bool], windows: int = 2) -> pd.DataFrame:
 
 
 def test_drift_status_names_the_drifting_features_of_the_newest_window():
-    from nbs_lib.dashboards import panels
+    from notebench.dashboards import panels
 
     quiet = panels.drift_status(results=_results({}, windows=1))
     assert quiet["state"] == "green" and quiet["drifting"] == []
@@ -275,8 +275,8 @@ def test_drift_status_names_the_drifting_features_of_the_newest_window():
 
 
 def test_readers_on_an_empty_workspace_create_nothing(tmp_path):
-    from nbs_lib.dashboards import panels
-    from nbs_lib.workspace import Workspace
+    from notebench.dashboards import panels
+    from notebench.workspace import Workspace
 
     ws = Workspace(_settings_for(tmp_path / "empty"))
     assert panels.champion_summary(ws) is None and panels.versions_table(ws).empty
@@ -315,9 +315,9 @@ def test_dashboard_renders_the_seeded_workspace_in_a_browser(browser, server, se
     if page_name == "pipelines":  # the failed step's row links its executed notebook
         row = result["page"].locator("tr[data-row='train']").last
         assert "failed" in row.inner_text() and row.locator("a").get_attribute("href").endswith("/train.html")
-    if page_name == "monitoring" and seeded["monitoring"]:  # a checkout with nbs_lib.monitoring: a real pass ran
+    if page_name == "monitoring" and seeded["monitoring"]:  # a checkout with notebench.monitoring.monitor: a real pass ran
         assert result["page"].inner_text("#drifting-features") == "support_calls, tenure"
-    if page_name in ("overview", "monitoring") and seeded["triggers"]:  # ... with nbs_lib.triggers: one queued
+    if page_name in ("overview", "monitoring") and seeded["triggers"]:  # ... with notebench.triggers: one queued
         assert "dataset drift: 2 of 3 features drift" in text
     result["page"].close()
     # rendering competes for the CPU: on a machine busier than its cores the budget stretches with the load
@@ -337,7 +337,7 @@ def test_every_dashboard_says_nothing_yet_on_an_empty_workspace(browser, empty_s
 
 
 def test_wait_for_visitor_returns_at_once_outside_a_preheated_kernel(monkeypatch):
-    from nbs_lib.dashboards.render import wait_for_visitor
+    from notebench.dashboards.render import wait_for_visitor
 
     monkeypatch.delenv("VOILA_PREHEAT", raising=False)
     started = time.perf_counter()

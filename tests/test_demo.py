@@ -34,10 +34,9 @@ def test_demo_closes_the_loop(workspace):
     if "promoted to champion" in served.split("model version 2")[1]:
         assert "the service swapped to version 2 (as expected)" in out
     from mlflow import MlflowClient
-
-    from nbs_lib.registry import versions
-    from nbs_lib.serving import read_feedback, read_predictions
-    from nbs_lib.triggers import read_events
+    from notebench.registry.models import versions
+    from notebench.serving import read_feedback, read_predictions
+    from notebench.triggers import read_events
 
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}", f"sqlite:///{workspace / 'mlflow.db'}")
     rows = versions(client, "notebench-model")
@@ -48,7 +47,7 @@ def test_demo_closes_the_loop(workspace):
     started = events[events.status == "started"]
     assert len(started) >= 1 and started.run_id.nunique() == 1  # every event joined the one run
     assert len(read_predictions(workspace)) == len(read_feedback(workspace)) > 0  # every prediction got its label
-    from nbs_lib.monitoring import read_results
+    from notebench.monitoring.monitor import read_results
 
     assert not read_results(workspace).empty  # the monitoring table the dashboards read
     # in MLflow: the monitoring pass, and the training run that names the events that started it

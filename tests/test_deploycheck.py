@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from notebench.settings import load_settings
+from notebench.workspace import Workspace
 
 from nbs_lib.data import FEATURES, TARGET, load_landing
 from nbs_lib.demo_data import generate
-from nbs_lib.settings import load_settings
-from nbs_lib.workspace import Workspace
 
 BLESSED = {"notebench.blessed": "true", "notebench.blessing.reasons": json.dumps(["auc overall 0.8 >= minimum 0.7"])}
 LOGGED_REQUESTS = 4
@@ -35,10 +35,10 @@ class _Served:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     import mlflow
+    from notebench.registry.tracking import log_sklearn_model, pip_requirements, skops_trusted_types
+    from notebench.serving.predlog import PredictionLog, log_root
 
     from nbs_lib.model import make_model
-    from nbs_lib.serving.predlog import PredictionLog, log_root
-    from nbs_lib.tracking import log_sklearn_model, pip_requirements, skops_trusted_types
 
     root = tmp_path_factory.mktemp("deploycheck") / "ws"
     env = {"NOTEBENCH_WORKSPACE_PATH": str(root)}
@@ -151,9 +151,9 @@ def test_under_the_gate_the_register_step_leaves_a_blessed_model_challenger_with
     """The training pipeline's register step, run through papermill on hand-made upstream products."""
     import mlflow
     import papermill
+    from notebench.registry.tracking import log_sklearn_model
 
     from nbs_lib.model import make_model
-    from nbs_lib.tracking import log_sklearn_model
 
     ws, client, name = world["ws"], world["client"], world["name"]
     frame = load_landing(ws.landing)
@@ -192,6 +192,6 @@ def test_under_the_gate_the_register_step_leaves_a_blessed_model_challenger_with
 
 
 def registry_champion(client, name: str) -> str | None:
-    from nbs_lib.registry import champion
+    from notebench.registry.models import champion
 
     return champion(client, name)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from nbs_lib.drift import column_drift, compare, profile
+from notebench.monitoring.drift import column_drift, compare, profile
 
 
 def world(n: int, seed: int, shift: float = 0.0, mix=(0.4, 0.3, 0.2, 0.1)) -> pd.DataFrame:

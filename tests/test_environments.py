@@ -13,21 +13,20 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, notebench
+from notebench import __version__
+from notebench.pipeline.store import PipelineStore
+from notebench.release.bundle import STAGES, build_bundle, content_hash, record_stage, stage_results
+from notebench.release.environments import current_release, run_variables
+from notebench.settings import load_settings
+from notebench.workspace import Workspace
 from pipeline_kit import make_pipeline
-
-from nbs_lib import __version__
-from nbs_lib.bundle import STAGES, build_bundle, content_hash, record_stage, stage_results
-from nbs_lib.environments import current_release, run_variables
-from nbs_lib.settings import load_settings
-from nbs_lib.store import PipelineStore
-from nbs_lib.workspace import Workspace
 
 # the step writes which environment its kernel was told it runs in, and where its settings say models go
 # (from a release folder, which holds no settings.ini: the host's settings must reach the kernel)
-BODY = ("import os, pathlib\nfrom nbs_lib.settings import load_settings\n"
+BODY = ("import os, pathlib\nfrom notebench.settings import load_settings\n"
         "pathlib.Path(step.output('where')).write_text(os.environ.get('NOTEBENCH_ENVIRONMENT', '') + ' ' + "
         "load_settings().value('registry', 'model_name'))\n")
-FAST = {"NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step"}  # the tiny step needs no pandas or mlflow in its kernel
+FAST = {"NOTEBENCH_PIPELINE_WARM_IMPORTS": "notebench.step"}  # the tiny step needs no pandas or mlflow in its kernel
 
 
 def git(folder: Path, *args: str) -> str:

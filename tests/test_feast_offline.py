@@ -77,7 +77,7 @@ def _store(folder, offline: str):
 def stores(tmp_path_factory):
     folder = tmp_path_factory.mktemp("asof")
     _sources(folder)
-    return _store(folder, "duckdb"), _store(folder, "nbs_lib.feast_offline.AsofDuckDBOfflineStore")
+    return _store(folder, "duckdb"), _store(folder, "notebench.features.feast_offline.AsofDuckDBOfflineStore")
 
 
 def _entities(naive: bool) -> pd.DataFrame:

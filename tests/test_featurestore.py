@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import BIN, ROOT
+from notebench.errors import FeatureStoreError, NotebenchError, UnknownEntityError
+from notebench.features.store import FeatureRepo
 
 from nbs_lib.data import ENTITY, FEATURES, TIMESTAMP, read_batches
 from nbs_lib.demo_data import generate
-from nbs_lib.errors import FeatureStoreError, NotebenchError, UnknownEntityError
-from nbs_lib.featurestore import FeatureRepo
 
 MATERIALIZED_AT = pd.Timestamp("2026-01-06 12:00", tz="UTC")  # the world runs 2026-01-01 .. 2026-01-10
 
@@ -68,7 +68,7 @@ def as_of(snapshots: pd.DataFrame, entity_df: pd.DataFrame, ttl_days: int) -> pd
 def test_the_repo_is_an_ordinary_feast_repo(world):
     repo, _, source = world
     yaml = (repo.path / "feature_store.yaml").read_text()
-    for line in ("type: nbs_lib.feast_offline.AsofDuckDBOfflineStore", "type: sqlite", f'path: "{repo.online_path}"',
+    for line in ("type: notebench.features.feast_offline.AsofDuckDBOfflineStore", "type: sqlite", f'path: "{repo.online_path}"',
                  f'registry: "{repo.registry_path}"'):
         assert line in yaml
     assert str(source) in (repo.path / "definitions.py").read_text()

@@ -1,11 +1,11 @@
-"""`nbs_lib.imports`: reading notebooks without paying for jsonschema's IRI grammar, and IRI checks still right."""
+"""`notebench.imports`: reading notebooks without paying for jsonschema's IRI grammar, and IRI checks still right."""
 
 import subprocess
 import sys
 
 SCRIPT = """
 import sys, time
-from nbs_lib.imports import defer_iri_grammar
+from notebench.imports import defer_iri_grammar
 assert defer_iri_grammar() and defer_iri_grammar()  # in place, and idempotent
 import nbformat, papermill
 assert "lark" not in sys.modules, "nbformat loaded the IRI grammar at import"
@@ -27,7 +27,7 @@ def test_notebooks_load_without_the_iri_grammar_and_iri_checks_still_work():
 
 
 def test_nothing_to_defer_once_the_real_module_is_loaded():
-    script = ("import sys, rfc3987_syntax\nfrom nbs_lib.imports import defer_iri_grammar\n"
+    script = ("import sys, rfc3987_syntax\nfrom notebench.imports import defer_iri_grammar\n"
               "assert defer_iri_grammar() is False and sys.modules['rfc3987_syntax'] is rfc3987_syntax\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

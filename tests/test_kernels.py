@@ -18,9 +18,8 @@ import psutil
 import pytest
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_code_cell, new_notebook
-
-from nbs_lib.errors import KernelError
-from nbs_lib.kernels import KernelPool
+from notebench.errors import KernelError
+from notebench.pipeline.kernels import KernelPool
 
 WARM = ["pandas"]  # not imported by a fresh kernel, and pulls in numpy, OpenBLAS and pyarrow's jemalloc thread
 KERNELSPEC = {"name": "python3", "language": "python", "display_name": "Python 3"}
@@ -200,7 +199,7 @@ def test_a_dropped_kernel_handle_kills_the_kernel_and_the_server_carries_on(pool
 
 RUNNER = """
 import asyncio, sys
-from nbs_lib.kernels import KernelPool
+from notebench.pipeline.kernels import KernelPool
 kwargs = KernelPool([]).start().papermill_kwargs()
 km = kwargs["kernel_manager_class"](kernel_name=kwargs["kernel_name"])
 asyncio.run(km.start_kernel())

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import notebench
+from notebench.monitoring.drift import profile
+from notebench.monitoring.monitor import Alert, monitor, read_results, read_windows
+from notebench.serving.predlog import PredictionLog, log_root
 
 from nbs_lib.data import CATEGORICAL, FEATURES, NUMERIC
 from nbs_lib.demo_data import daily_snapshot
-from nbs_lib.drift import profile
-from nbs_lib.monitoring import Alert, monitor, read_results, read_windows
-from nbs_lib.serving.predlog import PredictionLog, log_root
 
 MODEL = "notebench-model"
 HOUR_AGO = time.time() - 3600  # logged rows older than [monitoring] settle
@@ -55,9 +55,9 @@ def reference(world) -> dict:
 
 def register(reference: dict, auc: float = 0.80, version_of: str = "1") -> str:
     """A registry version whose training run carries `reference` as reference/profile.json, with a holdout AUC."""
-    from nbs_lib.registry import metric_tags
-    from nbs_lib.registry import register as register_version
-    from nbs_lib.workspace import Workspace
+    from notebench.registry.models import metric_tags
+    from notebench.registry.models import register as register_version
+    from notebench.workspace import Workspace
 
     ws = Workspace()
     client = ws.client()
@@ -118,7 +118,7 @@ def test_no_shift_windows_raise_no_alert_and_each_row_is_judged_once(workspace, 
     third = monitor(log_to_mlflow=False)
     assert [w["rows"] for w in third.windows] == [1000] and third.rows_pending == 100
     assert len(read_windows(workspace)) == 3
-    from nbs_lib.workspace import Workspace
+    from notebench.workspace import Workspace
 
     run = Workspace().client().get_run(report.mlflow_run_id)
     assert run.data.metrics["dataset_drift"] == 0.0 and "drift.monthly_charges" in run.data.metrics

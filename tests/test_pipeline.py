@@ -164,6 +164,6 @@ def test_kill_9_mid_step_then_a_new_run_completes(workspace, tmp_path):
     notebench("run", str(spec), check=True)
     assert products(workspace, "kk", "w", "big.txt") == "complete"
     killed = sorted((workspace / "pipelines/kk/runs").glob("*/run.json"))[0]
-    from nbs_lib.store import RunRecord
+    from notebench.pipeline.store import RunRecord
 
     assert RunRecord.load(killed)["state"] == "killed"

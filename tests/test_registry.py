@@ -7,11 +7,10 @@ import json
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from notebench.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
+from notebench.registry import models as registry
+from notebench.registry.tracking import log_sklearn_model
 from sklearn.linear_model import LogisticRegression
-
-from nbs_lib import registry
-from nbs_lib.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
-from nbs_lib.tracking import log_sklearn_model
 
 BLESSED = {"blessed": True, "reasons": ["auc overall 0.8000 >= minimum 0.7000"]}
 UNBLESSED = {"blessed": False, "reasons": ["auc on segment region=north dropped 0.0600 against the champion"]}

@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
+from notebench.serving import create_app, read_feedback, read_predictions
+from notebench.serving.predlog import PredictionLog, compact
+from notebench.settings import load_settings
+from notebench.workspace import Workspace
 
 from nbs_lib.data import ENTITY, FEATURES, TARGET, load_landing, read_batches
 from nbs_lib.demo_data import generate
-from nbs_lib.serving import create_app, read_feedback, read_predictions
-from nbs_lib.serving.predlog import PredictionLog, compact
-from nbs_lib.settings import load_settings
-from nbs_lib.workspace import Workspace
 
 BLESSING = ["auc overall 0.81 >= minimum 0.70"]
 TOKEN = "s3cret-token"
@@ -84,9 +84,9 @@ def split(frame: pd.DataFrame) -> dict:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     import mlflow
+    from notebench.registry.tracking import log_sklearn_model
 
     from nbs_lib.model import make_model
-    from nbs_lib.tracking import log_sklearn_model
 
     root = tmp_path_factory.mktemp("serving")
     previous_uri = mlflow.get_tracking_uri()
@@ -100,7 +100,7 @@ def world(tmp_path_factory):
 
         port, log = free_port(), root / "server.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "nbs_lib.serving", "--port", str(port), "--watch-interval",
+        proc = subprocess.Popen([sys.executable, "-m", "notebench.serving", "--port", str(port), "--watch-interval",
                                  "0.5", "--flush-interval", "0.2", "--log-level", "warning"],
                                 cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         try:
@@ -135,7 +135,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features_ws(world, tmp_path_factory):
     """A second workspace with an applied, materialized feature repo, sharing the first one's MLflow store."""
-    from nbs_lib.featurestore import FeatureRepo
+    from notebench.features.store import FeatureRepo
 
     path = tmp_path_factory.mktemp("serving-features") / "ws"
     ws = Workspace(load_settings(environ={"NOTEBENCH_WORKSPACE_PATH": str(path),
@@ -420,8 +420,8 @@ def test_a_request_finishes_on_the_version_it_started_with():
     """The micro-batcher groups queued requests by the model they started with, even across a swap."""
     import asyncio
 
-    from nbs_lib.serving.batching import MicroBatcher
-    from nbs_lib.serving.schema import Batch
+    from notebench.serving.batching import MicroBatcher
+    from notebench.serving.schema import Batch
 
     release = threading.Event()
 
@@ -451,7 +451,7 @@ def test_a_request_finishes_on_the_version_it_started_with():
 
 
 def test_prediction_log_segments_compaction_and_torn_writes(tmp_path):
-    from nbs_lib.serving.schema import Batch
+    from notebench.serving.schema import Batch
 
     class Model:
         name, version = "m", "7"

@@ -6,9 +6,8 @@ import configparser
 from pathlib import Path
 
 import pytest
-
-from nbs_lib.errors import SettingsError
-from nbs_lib.settings import SCHEMA, env_name, load_settings
+from notebench.errors import SettingsError
+from notebench.settings import SCHEMA, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 from conftest import notebench
+from notebench.errors import SpecError
+from notebench.pipeline.spec import load_spec
 from pipeline_kit import fork_join, make_pipeline
-
-from nbs_lib.errors import SpecError
-from nbs_lib.spec import load_spec
 
 
 def edit(spec_file, change):

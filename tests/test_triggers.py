@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, ROOT, notebench
+from notebench.pipeline.store import PipelineStore
+from notebench.triggers import EventStore, enqueue, read_events, tick
 from pipeline_kit import make_pipeline
 
-from nbs_lib.store import PipelineStore
-from nbs_lib.triggers import EventStore, enqueue, read_events, tick
-
-INGEST = ("import json\nfrom nbs_lib.landing import read_ledger, reconcile, scan\n"
+INGEST = ("import json\nfrom notebench.data.landing import read_ledger, reconcile, scan\n"
           "ledger = reconcile(read_ledger(step.previous('ledger')), scan(step.workspace / 'landing'), "
           "run_id=context['run_id'])\nstep.output('ledger').write_text(json.dumps(ledger))")
 TRAIN = ("import pathlib, time\ntime.sleep({sleep})\n"
@@ -40,7 +39,7 @@ def pipeline(workspace, tmp_path, monkeypatch):
     """A tiny two-step pipeline that triggers start, with cheap kernels."""
     spec = trigger_pipeline(tmp_path / "tp")
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_PIPELINE", str(spec))
-    monkeypatch.setenv("NOTEBENCH_PIPELINE_WARM_IMPORTS", "nbs_lib.step")
+    monkeypatch.setenv("NOTEBENCH_PIPELINE_WARM_IMPORTS", "notebench.step")
     return spec
 
 
@@ -55,7 +54,7 @@ def events(ws: Path) -> dict[int, dict]:
 def test_ten_drift_events_start_exactly_one_run_even_with_two_ticks_at_once(workspace, pipeline):
     for i in range(10):
         enqueue(workspace, "drift", f"feature f{i} drifted", details={"feature": f"f{i}"})
-    env = {"NOTEBENCH_TRIGGERS_PIPELINE": str(pipeline), "NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step"}
+    env = {"NOTEBENCH_TRIGGERS_PIPELINE": str(pipeline), "NOTEBENCH_PIPELINE_WARM_IMPORTS": "notebench.step"}
     cmd = [str(BIN / "notebench"), "tick", "--no-lineage"]
     ticks = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, **env}) for _ in range(2)]
@@ -101,7 +100,7 @@ def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_ru
 def test_a_failed_run_is_final_for_its_events_and_the_pass_exits_1(workspace, tmp_path, monkeypatch):
     broken = trigger_pipeline(tmp_path / "tp", train="raise ValueError('no model today')")
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_PIPELINE", str(broken))
-    monkeypatch.setenv("NOTEBENCH_PIPELINE_WARM_IMPORTS", "nbs_lib.step")
+    monkeypatch.setenv("NOTEBENCH_PIPELINE_WARM_IMPORTS", "notebench.step")
     event = enqueue(workspace, "on_demand", "try it")
     failed = tick(workspace, lineage=False)
     assert failed.run_state == "failed" and failed.exit_code == 1 and "no model today" in failed.error
@@ -110,11 +109,11 @@ def test_a_failed_run_is_final_for_its_events_and_the_pass_exits_1(workspace, tm
     assert again.run_id is None and again.exit_code == 0 and len(runs(workspace)) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nbs_lib.monitoring") is not None, reason="monitoring is built")
+@pytest.mark.skipif(importlib.util.find_spec("notebench.monitoring.monitor") is not None, reason="monitoring is built")
 def test_tick_says_when_monitoring_is_missing(workspace, pipeline, monkeypatch):
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_KINDS", "drift, quality")
     proc = notebench("tick", env={"NOTEBENCH_TRIGGERS_KINDS": "drift, quality"}, check=True)
-    assert "drift, quality: nbs_lib.monitoring is not in this build" in proc.stdout
+    assert "drift, quality: notebench.monitoring.monitor is not in this build" in proc.stdout
 
 
 def test_schedule_fires_once_per_due_time_across_restarts(workspace, pipeline, monkeypatch):
@@ -141,8 +140,8 @@ def test_schedule_fires_once_per_due_time_across_restarts(workspace, pipeline, m
 
 def test_a_registered_kind_is_polled_once_per_condition_and_unknown_kinds_are_refused(workspace, pipeline,
                                                                                       monkeypatch):
-    from nbs_lib.errors import SettingsError
-    from nbs_lib.triggers import KINDS, Found, register_kind
+    from notebench.errors import SettingsError
+    from notebench.triggers import KINDS, Found, register_kind
 
     closed = ["T-1"]
     register_kind("ticket", lambda poll: [Found(f"ticket {t} closed", {"ticket": t}, key=t) for t in closed],
@@ -192,7 +191,7 @@ class Watch:
 
     def __init__(self, pipeline: Path, interval: float = 0.3):
         env = {**os.environ, "NOTEBENCH_TRIGGERS_PIPELINE": str(pipeline),
-               "NOTEBENCH_PIPELINE_WARM_IMPORTS": "nbs_lib.step", "NOTEBENCH_TRIGGERS_KINDS": "on_demand"}
+               "NOTEBENCH_PIPELINE_WARM_IMPORTS": "notebench.step", "NOTEBENCH_TRIGGERS_KINDS": "on_demand"}
         cmd = [str(BIN / "notebench"), "watch", "--interval", str(interval), "--no-lineage"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)

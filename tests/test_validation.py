@@ -6,11 +6,11 @@ import json
 
 import pandas as pd
 import pytest
+from notebench.data.landing import BatchChanged, read_ledger, reconcile, scan
+from notebench.data.validation import render_markdown, validate_batches
 
 from nbs_lib.data import CATEGORICAL, NUMERIC, validate_batch
 from nbs_lib.demo_data import daily_snapshot, generate
-from nbs_lib.landing import BatchChanged, read_ledger, reconcile, scan
-from nbs_lib.validation import render_markdown, validate_batches
 
 CUSTOMERS = 600
 
