@@ -1,4 +1,6 @@
-"""Shared fixtures: every test works in its own temporary workspace, never the project's."""
+"""Shared fixtures: every test works in its own temporary workspace, never the project's, and on the engine tests'
+own use case (`tests/fixture_project`: sensors, string entity ids, labels inside the batches, no segments), never
+the project's reference use case. End-to-end tests of a reference use case unset NOTEBENCH_USE_CASE_OBJECT."""
 
 from __future__ import annotations
 
@@ -11,6 +13,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+FIXTURE_PROJECT = Path(__file__).resolve().parent / "fixture_project"
+FIXTURE_USE_CASE = "fixture_lib.use_case:USE_CASE"
+
+# the fixture use case, for this process and every process it starts (CLI, kernels, services)
+os.environ["NOTEBENCH_USE_CASE_OBJECT"] = FIXTURE_USE_CASE
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FIXTURE_PROJECT), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(FIXTURE_PROJECT))
+
+
+@pytest.fixture(scope="session")
+def use_case():
+    """The engine tests' use case (the contract object of `fixture_lib.use_case`)."""
+    from notebench.usecase import load_use_case
+
+    return load_use_case(reference=FIXTURE_USE_CASE)
+
+
+@pytest.fixture
+def reference_use_case(monkeypatch):
+    """For end-to-end tests of the project's own reference use case: the contract settings.ini names."""
+    monkeypatch.delenv("NOTEBENCH_USE_CASE_OBJECT")
 
 
 @pytest.fixture
