@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['ENTITY', 'TIMESTAMP', 'TARGET', 'NUMERIC', 'CATEGORIES', 'CATEGORICAL', 'LABEL_DELAY_DAYS', 'SCHEMA', 'START',
-           'USE_CASE', 'readings', 'simulate', 'sample', 'make_model', 'search_space']
+           'SCENARIOS', 'USE_CASE', 'readings', 'simulate', 'sample', 'make_model', 'search_space']
 
 # %% ../notebooks/01_use_case.ipynb #fx-02
 from pathlib import Path
@@ -38,32 +38,37 @@ SCHEMA = pa.DataFrameSchema({
 
 # %% ../notebooks/01_use_case.ipynb #fx-07
 START = pd.Timestamp("2026-02-01", tz="UTC")
+SCENARIOS = ("stable", "covariate_shift", "concept_drift", "null_spike", "schema_break")
 
 def readings(day:int, # day index; 0 is `START`
              size:int=200, # devices
              seed:int=0, # the world's seed
-             scenario:str="stable", # stable | covariate_shift | schema_break
+             scenario:str="stable", # one of `SCENARIOS`
              shift_day:int=30, # the first day of the scenario's change
             ) -> pd.DataFrame:
     "The readings of every device on `day`, with the outcome of each."
     fixed = np.random.default_rng([seed, 0])  # the devices themselves never change
     line = fixed.choice(CATEGORIES["line"], size=size, p=[.5, .3, .2])
     site = fixed.choice(CATEGORIES["site"], size=size)
+    if scenario not in SCENARIOS: raise ValueError(f"unknown scenario {scenario!r}; expected one of {SCENARIOS}")
     rng = np.random.default_rng([seed, 1, day])
-    shifted = scenario == "covariate_shift" and day >= shift_day
+    after = day >= shift_day
+    shifted = scenario == "covariate_shift" and after
     temperature = rng.normal(60 + 6 * (line == "gamma") + (9 if shifted else 0), 6, size)
     load = np.clip(rng.normal(55 + (15 if shifted else 0), 15, size), 0, 100)
     vibration = rng.gamma(2 + (line == "beta"), 1.5, size)
-    vibration[rng.random(size) < .03] = np.nan
+    vibration[rng.random(size) < (.4 if scenario == "null_spike" and after else .03)] = np.nan
     hours = ((fixed.integers(0, 700, size) + 24 * day) % 720).astype("int64")
-    logit = -4 + .08 * (temperature - 60) + .03 * (load - 55) + .25 * np.nan_to_num(vibration, nan=3) + hours / 400
+    heat, busy = (.01, .09) if scenario == "concept_drift" and after else (.08, .03)
+    logit = -4 + heat * (temperature - 60) + busy * (load - 55) + .25 * np.nan_to_num(vibration, nan=3) + hours / 400
     failed = (rng.random(size) < 1 / (1 + np.exp(-logit))).astype(float)
     failed[rng.random(size) < .02] = np.nan  # outcomes that were never recorded
     frame = pd.DataFrame({ENTITY: [f"dev-{i:04d}" for i in range(size)],
                           TIMESTAMP: (START + pd.Timedelta(days=day, hours=8)).as_unit("us"),
                           "temperature": temperature, "vibration": vibration, "load_pct": load,
                           "hours_since_service": hours, "line": line, "site": site, TARGET: failed})
-    if scenario == "schema_break" and day >= shift_day: frame["temperature"] = frame["temperature"].round(1).astype(str)
+    if scenario == "schema_break" and after:
+        frame = frame.assign(temperature=frame["temperature"].round(1).astype(str)).rename(columns={"site": "plant"})
     return frame
 
 # %% ../notebooks/01_use_case.ipynb #fx-08
@@ -71,7 +76,7 @@ def simulate(landing, # the landing folder: batches go to features/
              start_day:int=0, # first arrival day to land
              days:int=30, # how many arrival days
              seed:int=42, # the world's seed
-             scenario:str="stable", # stable | covariate_shift | schema_break
+             scenario:str="stable", # one of `SCENARIOS`
              shift_day:int=30, # the first day of the scenario's change
              size:int=200, # devices
             ):
