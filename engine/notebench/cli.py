@@ -63,11 +63,7 @@ def cmd_demo_data(args) -> int:
     uc = load_use_case(ws.settings)
     landing = Path(args.out) if args.out else ws.landing
     if args.sample:
-        if uc.sample is None:
-            raise UseCaseError(f"use case {uc.name!r} declares no `sample`")
-        print(f"Writing the {uc.name} use case's sample into {landing}", file=sys.stderr)
-        uc.sample(landing)
-        return 0
+        return _write_sample(uc, landing, Path(args.from_landing) if args.from_landing else None)
     if uc.simulate is None:
         raise UseCaseError(f"use case {uc.name!r} declares no `simulate`: land your own batches in {landing} instead")
     print(f"Landing {args.days} day(s) of the {uc.name} world, scenario '{args.scenario}', from day {args.start_day} "
@@ -76,6 +72,29 @@ def cmd_demo_data(args) -> int:
     uc.simulate(landing, start_day=args.start_day, days=args.days, seed=args.seed, scenario=args.scenario,
                 **shift, **({"size": args.size} if args.size else {}))
     print(f"Wrote {sum(1 for _ in landing.rglob('*.parquet'))} batch file(s) under {landing}", file=sys.stderr)
+    return 0
+
+
+def _write_sample(uc, landing: Path, project_landing: Path | None, days: int = 24) -> int:
+    """The contract's sample into `landing`; without one, the newest `days` batches of the project's own landing."""
+    import shutil
+
+    if uc.sample is not None:
+        print(f"Writing the {uc.name} use case's sample into {landing}", file=sys.stderr)
+        uc.sample(landing)
+        return 0
+    batches = sorted((project_landing or Path("/nonexistent")).glob("features/*.parquet"))
+    if not batches:
+        raise UseCaseError(f"use case {uc.name!r} declares no `sample`, and there is no landed data to sample"
+                           f"{f' in {project_landing}' if project_landing else ''}: declare one in the contract, "
+                           "or pass --from-landing DIR")
+    names = {p.name for p in batches[-days:]}
+    for folder in ("features", "labels"):
+        for path in sorted((project_landing / folder).glob("*.parquet")):
+            if path.name in names:
+                (landing / folder).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, landing / folder / path.name)
+    print(f"Copied the newest {len(names)} batch day(s) of {project_landing} into {landing}", file=sys.stderr)
     return 0
 
 
@@ -306,7 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     d = sub.add_parser("demo-data", help="land days of the use case's world (its contract's simulate) or its sample")
-    d.add_argument("--sample", action="store_true", help="write the contract's small sample instead (as ci/smoke)")
+    d.add_argument("--sample", action="store_true",
+                   help="write the contract's small sample instead (as ci/smoke does); without one, the newest "
+                        "24 days of --from-landing")
+    d.add_argument("--from-landing", default=None, metavar="DIR",
+                   help="with --sample: the project's own landing folder to sample when the contract has no sample")
     d.add_argument("--scenario", default="stable",
                    help="how the world changes after --shift-day, as the use case names it (default: stable)")
     d.add_argument("--days", type=int, default=30, help="number of days to write (default: 30)")

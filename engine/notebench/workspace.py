@@ -31,8 +31,11 @@ class Workspace:
         return ws
 
     def ensure(self) -> Path:
-        """Create the workspace folder (and its parents) if missing; return it."""
+        """Create the workspace folder (and its parents) if missing, git-ignored wherever it is; return it."""
         self.root.mkdir(parents=True, exist_ok=True)
+        ignore = self.root / ".gitignore"
+        if not ignore.exists():  # runtime state never belongs in git, whatever `[workspace] path` says
+            ignore.write_text("# Notebench runtime state: never commit it (written by notebench)\n*\n")
         return self.root
 
     def path(self, *parts: str) -> Path:

@@ -1,7 +1,7 @@
 """The data validation gate, as TFX's ExampleValidator does it: schema anomalies stop, value skew is recorded.
 
 `validate_batches` checks each new batch against the use case's schema (a function that raises with
-`problems`, like `nbs_lib.data.validate_batch`), then compares the statistics of the batches that passed with
+`problems`, like `notebench.data.batches.validate_batch`), then compares the statistics of the batches that passed with
 a reference (the data accepted before them): null rates, ranges, unseen categories and a distribution distance
 per feature (`notebench.monitoring.drift`). The verdict is `fail` (an anomaly: the pipeline must stop), `warn` (skew,
 recorded) or `pass`, with a readable reason for each finding.

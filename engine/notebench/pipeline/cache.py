@@ -48,7 +48,7 @@ def path_digest(path: Path) -> str:
 
 
 def _module_file(name: str, lib_root: Path) -> Path | None:
-    """The source file of module `name` (e.g. `nbs_lib.data`) under the package folder `lib_root`."""
+    """The source file of module `name` (e.g. `notebench.step`) under the package folder `lib_root`."""
     rel = Path(*name.split(".")[1:])
     for candidate in (lib_root / rel.with_suffix(".py") if rel.parts else None, lib_root / rel / "__init__.py"):
         if candidate is not None and candidate.is_file():

@@ -476,6 +476,7 @@ def run_pipeline(pipeline: str | Path, options: RunOptions | None = None, progre
     ws = workspace or Workspace()
     opts = options or RunOptions()
     spec, release = resolve(pipeline, ws, opts.env)
+    ws.ensure()  # the workspace and its .gitignore, wherever settings put it
     store = PipelineStore(ws.root, spec.name, env=opts.env)
     store.lock(wait=opts.wait)
     try:
