@@ -1,13 +1,14 @@
-"""`notebench demo-data` and `notebench demo`: real files, a real MLflow store, a model that loads elsewhere."""
+"""`notebench demo-data` and `notebench demo` on the project's reference use case (end to end, through the CLI):
+real files, a real MLflow store, a model that loads elsewhere."""
 
 from __future__ import annotations
 
 from conftest import notebench
 
 
-def test_demo_data_is_deterministic_and_lands_daily_batches(workspace, tmp_path):
-    notebench("demo-data", "--days", "9", "--customers", "60", check=True)
-    notebench("demo-data", "--days", "9", "--customers", "60", "--out", str(tmp_path / "again"), check=True)
+def test_demo_data_is_deterministic_and_lands_daily_batches(workspace, tmp_path, reference_use_case):
+    notebench("demo-data", "--days", "9", "--size", "60", check=True)
+    notebench("demo-data", "--days", "9", "--size", "60", "--out", str(tmp_path / "again"), check=True)
     first = sorted((workspace / "landing" / "features").glob("*.parquet"))
     assert [p.name for p in first][:2] == ["2026-01-01.parquet", "2026-01-02.parquet"] and len(first) == 9
     for path in first + sorted((workspace / "landing" / "labels").glob("*.parquet")):
@@ -15,14 +16,15 @@ def test_demo_data_is_deterministic_and_lands_daily_batches(workspace, tmp_path)
         assert path.read_bytes() == again.read_bytes(), path.name
 
 
-def test_demo_data_rejects_an_unknown_scenario(workspace):
+def test_demo_data_rejects_an_unknown_scenario(workspace, reference_use_case):
     proc = notebench("demo-data", "--scenario", "meteor")
-    assert proc.returncode == 2 and "invalid choice: 'meteor'" in proc.stderr
+    assert proc.returncode == 2 and "unknown scenario 'meteor'" in proc.stderr, proc.stderr
+    assert not (workspace / "landing" / "features").exists() or not any((workspace / "landing").rglob("*.parquet"))
 
 
-def test_demo_closes_the_loop(workspace):
+def test_demo_closes_the_loop(workspace, reference_use_case):
     """Train, serve, replay shifted traffic, monitor, trigger, retrain, promote, swap: each event printed."""
-    args = ("demo", "--days", "24", "--more-days", "4", "--customers", "300", "--trials", "2")
+    args = ("demo", "--days", "24", "--more-days", "4", "--size", "300", "--trials", "2")
     proc = notebench(*args, check=True)
     out = proc.stdout
     assert "no champion yet: no baseline to compare with" in out  # the first model, handled explicitly
@@ -31,8 +33,13 @@ def test_demo_closes_the_loop(workspace):
     assert "new_data event(s)" in served  # the landed days; drift alerts join them when the window shows them
     assert "of training: succeeded" in served  # one training run started by the trigger pass
     assert "model version 2" in served and "champion v1" in served  # compared with the champion on one holdout
-    if "promoted to champion" in served.split("model version 2")[1]:
+    second = served.split("model version 2")[1]
+    promoted = "promoted to champion" in second
+    assert promoted != ("champion unchanged" in second), second  # the registry said which, and only one
+    if promoted:  # a promotion must reach the service without a failed request
         assert "the service swapped to version 2 (as expected)" in out
+    else:  # a refused or unblessed model must leave the service on version 1, with the reason printed
+        assert "the service keeps version 1" in out and ("NOT blessed" in second or "champion unchanged (" in second)
     from mlflow import MlflowClient
     from notebench.registry.models import versions
     from notebench.serving import read_feedback, read_predictions

@@ -69,8 +69,11 @@ def cmd_demo_data(args) -> int:
     print(f"Landing {args.days} day(s) of the {uc.name} world, scenario '{args.scenario}', from day {args.start_day} "
           f"into {landing}", file=sys.stderr)
     shift = {} if args.shift_day is None else {"shift_day": args.shift_day}
-    uc.simulate(landing, start_day=args.start_day, days=args.days, seed=args.seed, scenario=args.scenario,
-                **shift, **({"size": args.size} if args.size else {}))
+    try:
+        uc.simulate(landing, start_day=args.start_day, days=args.days, seed=args.seed, scenario=args.scenario,
+                    **shift, **({"size": args.size} if args.size else {}))
+    except ValueError as exc:  # the use case's own refusal, e.g. an unknown scenario
+        raise UseCaseError(f"the {uc.name} use case's simulate refused: {exc}") from exc
     print(f"Wrote {sum(1 for _ in landing.rglob('*.parquet'))} batch file(s) under {landing}", file=sys.stderr)
     return 0
 
