@@ -7,12 +7,13 @@ features, the model factory and its search space, the primary metric and its dir
 and nothing in the engine imports a use-case module by name. `load_use_case` finds it; `UseCase.problems` lists
 what is wrong with a declaration, one line each, for `notebench check`.
 
-Landing layouts (`labels`):
+Landing layouts (`labels`), under `<workspace>/landing/`:
 
-| layout | the landing area | label rows |
-|---|---|---|
-| `separate` | `features/*.parquet` (entities, timestamp, features) and `labels/*.parquet` (entities, timestamp, target), each batch named by the day it arrived | the rows of `labels/`, matched with features point in time |
-| `in_batches` | `features/*.parquet` holding the target column too (null while a label is not known) | the rows of `features/` whose target is known |
+- `separate`: `features/*.parquet` (entities, timestamp, features) and `labels/*.parquet` (entities, timestamp,
+  target), each batch named by the day it arrived; label rows are the rows of `labels/`, matched with features
+  point in time.
+- `in_batches`: `features/*.parquet` hold the target column too (null while a label is not known); label rows are
+  the rows of `features/` whose target is known.
 
 Timestamps are UTC (`datetime64[us, UTC]`); a batch is named `YYYY-MM-DD.parquet` by the day it landed.
 """
@@ -150,8 +151,9 @@ class UseCase:
         if self.labels == "separate" and self.target in columns:
             out.append(f"target {self.target!r} is a column of the feature batches: set labels = 'in_batches', or "
                        "drop it from the schema and land labels separately")
-        both = set(self.features) & set(self.keys) | ({self.target} & set(self.features) | {self.target} & set(self.keys))
-        out += [f"column {c!r} is declared twice (as a feature and a key or target); keep one role" for c in sorted(both)]
+        both = (set(self.features) & set(self.keys)) | ({self.target} & (set(self.features) | set(self.keys)))
+        out += [f"column {c!r} is declared twice (as a feature and a key or target); keep one role"
+                for c in sorted(both)]
         out += [f"segment {c!r}: a segment must be a categorical feature" for c in self.segments
                 if c in columns and c not in self.categorical]
         return out

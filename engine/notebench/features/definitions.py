@@ -31,7 +31,8 @@ def _feast_type(uc: UseCase, col: str):
 
 
 def feast_definitions(uc: UseCase, source_path: str, ttl_days: int = 30) -> list:
-    """The Feast `Entity` of each key column and the `FeatureView` of the features over the snapshots at `source_path`."""
+    """The Feast `Entity` of each key column, and the `FeatureView` of the features over the snapshots at
+    `source_path`."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
 
     value_types = {"int64": ValueType.INT64, "string": ValueType.STRING}

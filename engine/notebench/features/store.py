@@ -320,7 +320,8 @@ class _OnlineReader:
                                                                                         strict=True)]
         except (TypeError, ValueError):
             return [], list(range(len(ids)))
-        return [EntityKey(join_keys=self.join_keys, entity_values=list(vals)) for vals in zip(*values, strict=True)], bad
+        keys = [EntityKey(join_keys=self.join_keys, entity_values=list(vals)) for vals in zip(*values, strict=True)]
+        return keys, bad
 
 
 # ---------------------------------------------------------------------------------------------------------

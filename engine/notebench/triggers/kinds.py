@@ -86,7 +86,8 @@ def _run_monitor(ws):
     try:
         from notebench.monitoring.monitor import monitor
     except ImportError as exc:
-        return SourceUnavailable(f"notebench.monitoring.monitor is not in this build ({exc}); drift and quality are not polled")
+        return SourceUnavailable(f"notebench.monitoring.monitor is not in this build ({exc}); drift and quality "
+                                 "are not polled")
     try:
         return monitor(ws)
     except NotebenchError as exc:
