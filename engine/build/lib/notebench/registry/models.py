@@ -1,0 +1,434 @@
+"""The model registry: blessing gates, versions with lineage, aliases, promotion with a durable history, rollback.
+
+Every function takes an `MlflowClient` and explicit names, and knows nothing about the use case: a model is a
+registered name, its versions and the tags on them. Serving follows aliases only (`champion`, and `challenger`
+for the newest blessed candidate); MLflow's stages are never used.
+
+What lives where:
+
+| tag | on | value |
+|---|---|---|
+| `notebench.blessed` | version | `true` / `false`: the blessing gate's verdict |
+| `notebench.blessing.reasons` | version | JSON list of the verdict's readable reasons |
+| `notebench.metric.<name>` | version | a key metric (e.g. the holdout's `auc`), for listings without reading runs |
+| `notebench.model_uri` | version | the logged model it was registered from (registering it again reuses the version) |
+| `notebench.deploy_check.*` | version | the last `notebench deploy-check`: status, at, qps, p50/p99, reasons, run |
+| `notebench.promoted.*`, `notebench.forced.*` | version | who promoted it, when, why; a forced promotion's override |
+| `notebench.champion_history` | registered model | JSON list of every champion change: who, when, why |
+
+The champion history is the source of truth for rollback: promotions push a version, rollbacks pop back to the
+previous one, so "roll back twice" walks back two champions. It survives reopening the store because it is a tag
+in the registry itself, not a local file. Writes to it are read-modify-write: one writer at a time.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from notebench.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
+
+__all__ = ["BLESSED_TAG", "CHALLENGER", "CHAMPION", "DEPLOY_CHECK_TAG", "HISTORY_TAG", "METRIC_PREFIX", "NO_BASELINE",
+           "REASONS_TAG", "blessing", "blessing_markdown", "blessing_tags", "champion", "deploy_checked", "history",
+           "infra_check", "metric_tags", "promote", "register", "rollback", "set_aliases", "versions"]
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+BLESSED_TAG = "notebench.blessed"
+REASONS_TAG = "notebench.blessing.reasons"
+METRIC_PREFIX = "notebench.metric."
+SOURCE_TAG = "notebench.model_uri"
+HISTORY_TAG = "notebench.champion_history"
+DEPLOY_CHECK_TAG = "notebench.deploy_check.status"  # passed | failed, written by `notebench deploy-check`
+HISTORY_LIMIT = 90_000  # characters kept in the history tag (MLflow allows 100,000 in a registered-model tag)
+NO_BASELINE = "no champion yet: no baseline to compare with"
+
+
+# blessing gates -------------------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _defined(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _check(kind: str, scope: str, status: str, reason: str, **fields) -> dict:
+    """One gate check: what was checked, on what scope, its status (passed|failed|skipped) and why."""
+    return {"check": kind, "scope": scope, "status": status, "passed": status != "failed", "reason": reason, **fields}
+
+
+def _absolute(metric: str, value, minimum: float) -> dict:
+    if not _defined(value):
+        return _check("minimum", "overall", "failed", f"{metric} overall is undefined on the holdout (one class only): "
+                      f"cannot show it reaches the minimum {minimum:.4f}", metric=metric, value=None, bound=minimum)
+    ok = value >= minimum
+    reason = (f"{metric} overall {_fmt(value)} {'>=' if ok else '<'} minimum {minimum:.4f}"
+              + ("" if ok else ": below the absolute threshold"))
+    return _check("minimum", "overall", "passed" if ok else "failed", reason, metric=metric, value=value, bound=minimum)
+
+
+def _against(metric: str, scope: str, value, base, tolerance: float, bound_name: str, label: str) -> dict:
+    """`value` may be at most `tolerance` below `base`; undefined on either side skips the check, saying so."""
+    kind = "regression" if scope == "overall" else "segment"
+    where = "overall" if scope == "overall" else f"on segment {scope}"
+    fields = dict(metric=metric, value=value if _defined(value) else None,
+                  baseline=base if _defined(base) else None, bound=tolerance)
+    if not (_defined(value) and _defined(base)):
+        who = " and ".join(w for w, v in (("the candidate", value), (label, base)) if not _defined(v))
+        return _check(kind, scope, "skipped", f"{metric} {where} skipped: undefined for {who} (one class only in "
+                      "this slice of the holdout), so it cannot be compared", **fields)
+    drop = base - value
+    ok = drop <= tolerance + 1e-12
+    if drop > 0:
+        reason = (f"{metric} {where} dropped {drop:.4f} against {label} ({_fmt(value)} vs {_fmt(base)}), "
+                  f"{'within' if ok else 'more than'} {bound_name} {tolerance:.4f}")
+    else:
+        reason = f"{metric} {where} did not drop against {label} ({_fmt(value)} vs {_fmt(base)})"
+    return _check(kind, scope, "passed" if ok else "failed", reason, drop=drop, **fields)
+
+
+def blessing(candidate: dict, baseline: dict | None = None, *, minimum: float, max_regression: float,
+             segment_tolerance: float, metric: str = "auc", baseline_label: str = "the champion",
+             baseline_error: str | None = None, infra: dict | None = None) -> dict:
+    """The blessing verdict of a candidate's evaluation report against an absolute minimum and a baseline's report.
+
+    Reports are `{"overall": {metric: ...}, "segments": {"col=value": {metric: ...}}}`, both measured on the same
+    holdout; `metric` is higher-is-better; undefined values are NaN or None. `baseline` None means there is nothing
+    to compare with (the first model), unless `baseline_error` says a baseline exists but could not be measured,
+    which fails the gate. `infra` is an extra check (e.g. from `infra_check`). Returns `{"blessed", "reasons",
+    "checks"}`.
+    """
+    checks = [_absolute(metric, candidate["overall"].get(metric), minimum)]
+    if baseline is None and baseline_error:
+        checks.append(_check("baseline", "overall", "failed", f"{baseline_label} could not be scored on this holdout "
+                             f"({baseline_error}): compare by hand, then promote with force and a reason",
+                             metric=metric))
+    elif baseline is None:
+        checks.append(_check("baseline", "overall", "skipped", NO_BASELINE, metric=metric))
+    else:
+        checks.append(_against(metric, "overall", candidate["overall"].get(metric), baseline["overall"].get(metric),
+                               max_regression, "max_regression", baseline_label))
+        for scope, values in candidate.get("segments", {}).items():
+            base = baseline.get("segments", {}).get(scope)
+            if base is None:
+                checks.append(_check("segment", scope, "skipped", f"segment {scope} skipped: not in {baseline_label}'s "
+                                     "report", metric=metric, value=values.get(metric)))
+                continue
+            checks.append(_against(metric, scope, values.get(metric), base.get(metric), segment_tolerance,
+                                   "segment_tolerance", baseline_label))
+    if infra is not None:
+        checks.append(infra)
+    blessed = all(c["status"] != "failed" for c in checks)
+    failed = [c["reason"] for c in checks if c["status"] == "failed"]
+    notes = [c["reason"] for c in checks if c["status"] == "skipped"]
+    reasons = failed + notes if not blessed else [c["reason"] for c in checks]
+    return {"blessed": blessed, "reasons": reasons, "checks": checks}
+
+
+def blessing_markdown(result: dict, title: str = "Model blessing") -> str:
+    """`blessing`'s result as a Markdown report: the verdict, why, and a table of every check."""
+    verdict = "**blessed**" if result["blessed"] else "**not blessed**"
+    lines = [f"# {title}", "", f"Verdict: {verdict}", ""]
+    lines += [f"- {r}" for r in result["reasons"]]
+    lines += ["", "| check | scope | status | value | baseline | bound | reason |", "|---|---|---|---|---|---|---|"]
+    for c in result["checks"]:
+        cells = [c["check"], c["scope"], c["status"]] + [_fmt(c[k]) if k in c else "" for k in ("value", "baseline")]
+        bound = f"{c['bound']:.4f}" if isinstance(c.get("bound"), float | int) else ""
+        cells += [bound, c["reason"].replace("|", "\\|")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LOAD_AND_PREDICT = """
+import json, sys, time
+import numpy as np
+start = time.perf_counter()
+import mlflow
+model = mlflow.pyfunc.load_model(sys.argv[1])
+example = model.input_example
+if example is None:
+    sys.exit("the model was logged without an input example")
+out = np.asarray(model.predict(example), dtype=float)
+if len(out) != len(example) or not np.isfinite(out).all():
+    sys.exit(f"bad prediction: {len(out)} rows for {len(example)}, finite: {bool(np.isfinite(out).all())}")
+print(json.dumps({"rows": len(example), "shape": list(out.shape), "model_id": model.metadata.model_id,
+                  "seconds": time.perf_counter() - start}))
+"""
+
+
+def infra_check(model_uri: str, *, tracking_uri: str | None = None, registry_uri: str | None = None,
+                timeout: float = 300, python: str = sys.executable) -> dict:
+    """Load `model_uri` with `mlflow.pyfunc` in a fresh process and predict its input example, as serving will."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.update({k: v for k, v in (("MLFLOW_TRACKING_URI", tracking_uri), ("MLFLOW_REGISTRY_URI", registry_uri)) if v})
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([python, "-c", _LOAD_AND_PREDICT, model_uri], capture_output=True, text=True,
+                              timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return _check("infra", "serving", "failed", f"{model_uri} did not load and predict within {timeout:g} s "
+                      "in a fresh process")
+    if proc.returncode:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return _check("infra", "serving", "failed", f"{model_uri} fails to load or predict in a fresh process: {tail}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return _check("infra", "serving", "passed", f"{model_uri} loads in a fresh process and predicts its input "
+                  f"example ({out['rows']} rows -> shape {tuple(out['shape'])}) in {time.perf_counter() - start:.1f} s",
+                  **out)
+
+
+# versions ---------------------------------------------------------------------------------------------------
+def _mlflow_code(exc) -> str:
+    return getattr(exc, "error_code", "")
+
+
+def _missing(exc) -> bool:
+    """True when an MlflowException says the model, version or alias does not exist."""
+    code = _mlflow_code(exc)
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or (code == "INVALID_PARAMETER_VALUE"
+                                                                  and "not found" in str(exc))
+
+
+def _ensure_model(client, model_name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if _mlflow_code(exc) not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise RegistryError(f"cannot create the registered model: {exc}", model=model_name) from exc
+
+
+def _as_tag(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _logged_model_id(model_uri: str) -> str | None:
+    """The logged model id of `models:/<id>` (MLflow 3's model URIs); None for other URIs."""
+    rest = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+    return rest if rest and "/" not in rest and "@" not in rest else None
+
+
+def register(client, model_name: str, model_uri: str, tags: dict | None = None, *, run_id: str | None = None,
+             description: str | None = None) -> str:
+    """A registry version of `model_name` for `model_uri`, with `tags`; registering the same URI again reuses it."""
+    _ensure_model(client, model_name)
+    tags = {k: _as_tag(v) for k, v in (tags or {}).items()}
+    for found in client.search_model_versions(f"name='{model_name}'"):
+        if found.tags.get(SOURCE_TAG) == model_uri:
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, found.version, key, value)
+            return str(found.version)
+    version = client.create_model_version(model_name, source=model_uri, run_id=run_id, description=description,
+                                          tags={**tags, SOURCE_TAG: model_uri}, model_id=_logged_model_id(model_uri))
+    return str(version.version)
+
+
+def blessing_tags(result: dict) -> dict[str, str]:
+    """Version tags recording a `blessing` verdict and its reasons."""
+    return {BLESSED_TAG: str(bool(result["blessed"])).lower(), REASONS_TAG: json.dumps(result["reasons"])}
+
+
+def metric_tags(metrics: dict) -> dict[str, str]:
+    """Version tags `notebench.metric.<name>` for key metrics (undefined values are left out)."""
+    return {METRIC_PREFIX + k: repr(float(v)) for k, v in metrics.items() if _defined(float(v))}
+
+
+def _version(client, model_name: str, version):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as exc:
+        if _missing(exc):
+            raise RegistryError(f"no version {version}", model=model_name, version=str(version)) from exc
+        raise
+
+
+def set_aliases(client, model_name: str, version, aliases) -> list[str]:
+    """Point each of `aliases` at `version` (an alias names one version, so it moves); `champion` moves by `promote`."""
+    aliases = [aliases] if isinstance(aliases, str) else list(aliases)
+    if CHAMPION in aliases:
+        raise RegistryError(f"'{CHAMPION}' moves only through promote() or rollback(), which record the history",
+                            model=model_name, version=str(version))
+    _version(client, model_name, version)
+    for alias in aliases:
+        client.set_registered_model_alias(model_name, alias, str(version))
+    return aliases
+
+
+def champion(client, model_name: str) -> str | None:
+    """The version the `champion` alias points at, or None (no such model, or no champion yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def _iso(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds") if ms else None
+
+
+def _blessed(tags: dict) -> bool | None:
+    return {"true": True, "false": False}.get(tags.get(BLESSED_TAG, ""))
+
+
+def _reasons(tags: dict) -> list[str]:
+    try:
+        return list(json.loads(tags.get(REASONS_TAG, "[]")))
+    except ValueError:
+        return [tags[REASONS_TAG]]
+
+
+def versions(client, model_name: str) -> list[dict]:
+    """Every version of `model_name`, newest first: aliases, blessing, key metrics, creation time, run, tags."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(model_name).aliases
+        found = client.search_model_versions(f"name='{model_name}'")
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = [{"version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+             "blessed": _blessed(v.tags), "reasons": _reasons(v.tags),
+             "metrics": {k[len(METRIC_PREFIX):]: float(x) for k, x in v.tags.items() if k.startswith(METRIC_PREFIX)},
+             "created": _iso(v.creation_timestamp), "run_id": v.run_id, "source": v.source, "status": v.status,
+             "tags": dict(v.tags)} for v in found]
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+# champion history -------------------------------------------------------------------------------------------
+def history(client, model_name: str) -> list[dict]:
+    """Every recorded champion change, oldest first: action, version, previous, who, when, why, forced."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = client.get_registered_model(model_name).tags.get(HISTORY_TAG)
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    return json.loads(text) if text else []
+
+
+def _stack(events: list[dict]) -> list[str]:
+    """The champions in order, as the history replays: promote pushes, rollback pops back to its version."""
+    stack: list[str] = []
+    for event in events:
+        if event["action"] == "baseline":
+            stack = list(event["stack"])
+        elif event["action"] == "promote":
+            stack.append(event["version"])
+        elif event["action"] == "rollback":
+            while stack and stack[-1] != event["version"]:
+                stack.pop()
+            stack = stack or [event["version"]]
+    return stack
+
+
+def _save_history(client, model_name: str, events: list[dict]) -> None:
+    """Write the history; when it outgrows MLflow's tag limit, fold the oldest events into a baseline."""
+    text = json.dumps(events)
+    while len(text) > HISTORY_LIMIT and len(events) > 2:
+        cut = max(2, len(events) // 10)  # at least two events become one baseline: the text shrinks
+        baseline = {"action": "baseline", "stack": _stack(events[:cut]), "when": events[cut - 1]["when"],
+                    "who": "notebench", "why": f"{cut} older events folded to fit MLflow's tag size limit"}
+        events = [baseline] + events[cut:]
+        text = json.dumps(events)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, text)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _record(client, model_name: str, event: dict) -> dict:
+    _save_history(client, model_name, history(client, model_name) + [event])
+    return event
+
+
+def deploy_checked(tags: dict) -> bool:
+    """True when the version's last `notebench deploy-check` passed."""
+    return tags.get(DEPLOY_CHECK_TAG) == "passed"
+
+
+def promote(client, model_name: str, version, *, force: bool = False, reason: str = "", who: str = "",
+            require_deploy_check: bool = False) -> dict:
+    """Make `version` the champion. An unblessed version, or one without a passed deploy-check when
+    `require_deploy_check` (`[gates] deploy_check`), needs `force` and a reason; the override is recorded."""
+    mv = _version(client, model_name, version)
+    version, who, when = str(mv.version), who or getpass.getuser(), _now()
+    blessed = _blessed(mv.tags) is True
+    checked = deploy_checked(mv.tags) or not require_deploy_check
+    previous = champion(client, model_name)
+    if previous == version:
+        return {"action": "promote", "version": version, "previous": previous, "changed": False,
+                "why": f"version {version} is already the champion"}
+    if not blessed and not force:
+        raise ModelNotBlessed(model_name, version, _reasons(mv.tags))
+    if not checked and not force:
+        raise DeployCheckRequired(model_name, version, mv.tags.get(DEPLOY_CHECK_TAG),
+                                  mv.tags.get("notebench.deploy_check.at"))
+    overridden = [gate for gate, ok in (("blessing", blessed), ("deploy_check", checked)) if not ok]
+    if overridden and not reason:
+        raise RegistryError(f"forcing past the {' and '.join(overridden)} gate needs a reason, for the record",
+                            model=model_name, version=version)
+    forced = bool(overridden)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    tags = {"notebench.promoted.at": when, "notebench.promoted.by": who,
+            "notebench.promoted.reason": reason or "blessed"}
+    if forced:
+        tags.update({"notebench.forced": "true", "notebench.forced.by": who, "notebench.forced.at": when,
+                     "notebench.forced.reason": reason, "notebench.forced.gates": ",".join(overridden)})
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    event = {"action": "promote", "version": version, "previous": previous, "who": who, "when": when,
+             "why": reason or "blessed", "forced": forced, **({"overrode": overridden} if forced else {})}
+    return {**_record(client, model_name, event), "changed": True}
+
+
+def _exists(client, model_name: str, version: str) -> bool:
+    try:
+        _version(client, model_name, version)
+    except RegistryError:
+        return False
+    return True
+
+
+def rollback(client, model_name: str, who: str = "", reason: str = "") -> dict:
+    """Move `champion` back to the previous champion in the history (deleted versions are passed over)."""
+    events, current = history(client, model_name), champion(client, model_name)
+    stack = _stack(events)
+    if current is not None and (not stack or stack[-1] != current):
+        stack.append(current)  # the alias was moved outside Notebench: that move is the one undone
+    earlier = [v for v in (stack[:-1] if current is not None else stack) if v != current]
+    gone = []
+    for target in reversed(earlier):
+        if _exists(client, model_name, target):
+            break
+        gone.append(target)
+    else:
+        raise NoPreviousChampion("no earlier champion to roll back to"
+                                 + (f" (versions {', '.join(gone)} are deleted)" if gone else ""), model=model_name)
+    client.set_registered_model_alias(model_name, CHAMPION, target)
+    why = reason or "rollback"
+    if gone:
+        why += f" (passed over deleted versions {', '.join(gone)})"
+    event = {"action": "rollback", "version": target, "previous": current, "who": who or getpass.getuser(),
+             "when": _now(), "why": why, "forced": False}
+    return _record(client, model_name, event)
