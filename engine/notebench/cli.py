@@ -117,6 +117,26 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
+def cmd_check(args) -> int:
+    """Check the use case and the landed data against it; exit 2 on any problem. Reads only: writes nothing."""
+    from notebench.check import check
+
+    report = check()
+    if args.json:
+        import json
+
+        print(json.dumps({"ok": not report.problems, "problems": report.problems, "passed": report.ok}, indent=1))
+        return 2 if report.problems else 0
+    for line in report.ok:
+        print(f"ok: {line}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    if report.problems:
+        print(f"notebench check: {len(report.problems)} problem(s); fix them before running the pipelines",
+              file=sys.stderr)
+    return 2 if report.problems else 0
+
+
 def cmd_run(args) -> int:
     """Run a pipeline (or explain what a run would do)."""
     from notebench.pipeline.runner import RunOptions, explain, resolve, run_pipeline
@@ -333,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=None, help="size of the world (entities; default: the use case's)")
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)
+
+    ck = sub.add_parser(
+        "check", help="check the use case and the landed data against it before anything runs (exit 2: problems)",
+        description="Check the use-case contract ([use_case] object: found, declared right, make_model and "
+                    "search_space work) and the workspace's landed batches against it: each batch against the "
+                    "schema (the first failing file, column and row), the label layout, the entity types, the "
+                    "target's classes, the fit / validation / holdout split ([training] holdout_days) with enough "
+                    "rows of each class, the segments. One line per problem, naming the file or name and the fix. "
+                    "Reads only: creates no folder and no MLflow store.",
+        epilog="Exit 0: all passed (one `ok:` line per part); 2: problems (one `problem:` line each). "
+               "`notebench run` runs the same checks, except each batch's schema (its validate step gates that), "
+               "before a pipeline whose steps read the landing area.")
+    ck.add_argument("--json", action="store_true", help="print {ok, problems, passed} as JSON")
+    ck.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="run a pipeline: cached, parallel, recorded in MLflow")
     r.add_argument("pipeline", help="pipeline name (notebooks/pipelines/NAME) or path to its pipeline.yaml")
