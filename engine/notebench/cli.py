@@ -137,6 +137,21 @@ def cmd_check(args) -> int:
     return 2 if report.problems else 0
 
 
+def _check_first(args, ws) -> None:
+    """`notebench check` before a run that reads the landing area, except each batch's schema (the validate step
+    gates that, with a recorded report); UseCaseError (exit 2) listing the problems, and nothing runs."""
+    from notebench.check import check, reads_landing
+    from notebench.pipeline.runner import resolve
+
+    spec, _ = resolve(args.pipeline, ws)
+    if not reads_landing(spec, args.only, args.to_step):
+        return
+    problems = check(ws.settings, batches=False).problems
+    if problems:
+        raise UseCaseError(f"`notebench check` found {len(problems)} problem(s) in the use case or the landed data, "
+                           f"so {spec.name} did not start (fix them, or run with --no-check):", problems=problems)
+
+
 def cmd_run(args) -> int:
     """Run a pipeline (or explain what a run would do)."""
     from notebench.pipeline.runner import RunOptions, explain, resolve, run_pipeline
@@ -151,6 +166,8 @@ def cmd_run(args) -> int:
         for plan in explain(spec, ws, opts):
             print(f"{plan.step:<16} {plan.action:<7} {'; '.join(plan.reasons)}")
         return 0
+    if not (args.no_check or args.env):  # a deployed release checks its own use case in its own environment
+        _check_first(args, _workspace())
     run_pipeline(args.pipeline, opts)
     return 0
 
@@ -381,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
     r.add_argument("--executor", default="local", help="step executor (default: local)")
     r.add_argument("--no-lineage", action="store_true", help="do not record the run in MLflow")
+    r.add_argument("--no-check", action="store_true",
+                   help="skip `notebench check` (by default a run whose steps read landed data runs it first)")
     r.add_argument("--wait-lineage", action="store_true",
                    help="return only once MLflow holds the whole record (by default its last writes finish in the "
                         "background, in a few seconds)")
