@@ -139,6 +139,41 @@ def _parse_params(items: list[str]) -> dict:
     return out
 
 
+def cmd_check(args) -> int:
+    """Check the use case and the landed data against it; exit 2 on any problem. Reads only: writes nothing."""
+    from notebench.check import check
+
+    report = check()
+    if args.json:
+        import json
+
+        print(json.dumps({"ok": not report.problems, "problems": report.problems, "passed": report.ok}, indent=1))
+        return 2 if report.problems else 0
+    for line in report.ok:
+        print(f"ok: {line}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    if report.problems:
+        print(f"notebench check: {len(report.problems)} problem(s); fix them before running the pipelines",
+              file=sys.stderr)
+    return 2 if report.problems else 0
+
+
+def _check_first(args, ws) -> None:
+    """`notebench check` before a run that reads the landing area, except each batch's schema (the validate step
+    gates that, with a recorded report); UseCaseError (exit 2) listing the problems, and nothing runs."""
+    from notebench.check import check, reads_landing
+    from notebench.pipeline.runner import resolve
+
+    spec, _ = resolve(args.pipeline, ws)
+    if not reads_landing(spec, args.only, args.to_step):
+        return
+    problems = check(ws.settings, batches=False).problems
+    if problems:
+        raise UseCaseError(f"`notebench check` found {len(problems)} problem(s) in the use case or the landed data, "
+                           f"so {spec.name} did not start (fix them, or run with --no-check):", problems=problems)
+
+
 def cmd_run(args) -> int:
     """Run a pipeline (or explain what a run would do)."""
     from notebench.pipeline.runner import RunOptions, explain, resolve, run_pipeline
@@ -153,6 +188,8 @@ def cmd_run(args) -> int:
         for plan in explain(spec, ws, opts):
             print(f"{plan.step:<16} {plan.action:<7} {'; '.join(plan.reasons)}")
         return 0
+    if not (args.no_check or args.env):  # a deployed release checks its own use case in its own environment
+        _check_first(args, _workspace())
     run_pipeline(args.pipeline, opts)
     return 0
 
@@ -360,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)
 
+    ck = sub.add_parser(
+        "check", help="check the use case and the landed data against it before anything runs (exit 2: problems)",
+        description="Check the use-case contract ([use_case] object: found, declared right, make_model and "
+                    "search_space work) and the workspace's landed batches against it: each batch against the "
+                    "schema (the first failing file, column and row), the label layout, the entity types, the "
+                    "target's classes, the fit / validation / holdout split ([training] holdout_days) with enough "
+                    "rows of each class, the segments. One line per problem, naming the file or name and the fix. "
+                    "Reads only: creates no folder and no MLflow store.",
+        epilog="Exit 0: all passed (one `ok:` line per part); 2: problems (one `problem:` line each). "
+               "`notebench run` runs the same checks, except each batch's schema (its validate step gates that), "
+               "before a pipeline whose steps read the landing area.")
+    ck.add_argument("--json", action="store_true", help="print {ok, problems, passed} as JSON")
+    ck.set_defaults(func=cmd_check)
+
     r = sub.add_parser("run", help="run a pipeline: cached, parallel, recorded in MLflow")
     r.add_argument("pipeline", help="pipeline name (notebooks/pipelines/NAME) or path to its pipeline.yaml")
     r.add_argument("--explain", action="store_true", help="say for each step whether it would run and why; run nothing")
@@ -373,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
     r.add_argument("--executor", default="local", help="step executor (default: local)")
     r.add_argument("--no-lineage", action="store_true", help="do not record the run in MLflow")
+    r.add_argument("--no-check", action="store_true",
+                   help="skip `notebench check` (by default a run whose steps read landed data runs it first)")
     r.add_argument("--wait-lineage", action="store_true",
                    help="return only once MLflow holds the whole record (by default its last writes finish in the "
                         "background, in a few seconds)")
