@@ -322,7 +322,9 @@ class _Run:
         return git_info(self.ws.settings.root)
 
     def _kernel_env(self) -> dict[str, str]:
-        env = self.ws.mlflow_env()
+        """A step kernel's variables: MLflow's, and the run's settings file (a pipeline folder outside the project
+        would find none, or another one, from its own working directory; `step.use_case` reads it)."""
+        env = {**self.ws.mlflow_env(), "NOTEBENCH_SETTINGS": str(self.ws.settings.file)}
         if self.release:
             from notebench.release.environments import run_variables
 
