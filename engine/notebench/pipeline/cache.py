@@ -1,8 +1,9 @@
 """Content fingerprints of steps: what a step's result depends on, and which part of it changed.
 
 A step's fingerprint is made of its notebook's code cells, the engine's and the use case's modules the notebook
-imports (and those they import in turn; the use-case contract's module always counts), its parameters, and the content of its upstream products. Outputs, metadata and
-markdown do not count, so re-running or re-documenting a notebook does not invalidate its cache.
+imports (and those they import in turn; the use-case contract's module always counts), its parameters, and the
+content of its upstream products. Outputs, metadata and markdown do not count, so re-running or re-documenting a
+notebook does not invalidate its cache.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def path_digest(path: Path) -> str:
 
 
 def _module_file(name: str, lib_root: Path) -> Path | None:
-    """The source file of module `name` (e.g. `nbs_lib.data`) under the package folder `lib_root`."""
+    """The source file of module `name` (e.g. `notebench.step`) under the package folder `lib_root`."""
     rel = Path(*name.split(".")[1:])
     for candidate in (lib_root / rel.with_suffix(".py") if rel.parts else None, lib_root / rel / "__init__.py"):
         if candidate is not None and candidate.is_file():
