@@ -325,7 +325,8 @@ class _Run:
         return git_info(self.ws.settings.root)
 
     def _kernel_env(self) -> dict[str, str]:
-        # the steps read the settings file whose values the fingerprints hold, wherever the pipeline's folder is
+        """A step kernel's variables: MLflow's, and the run's settings file (a pipeline folder outside the project
+        would find none, or another one, from its own working directory; `step.use_case` reads it)."""
         env = {**self.ws.mlflow_env(), "NOTEBENCH_SETTINGS": str(self.ws.settings.file)}
         if self.release:
             from notebench.release.environments import run_variables
