@@ -492,6 +492,29 @@ def test_prediction_log_segments_compaction_and_torn_writes(tmp_path):
     assert len(read_predictions(tmp_path, since="2020-01-02")) == 0
 
 
+def test_rows_logged_after_their_day_are_read_by_time_not_by_folder(tmp_path):
+    """A day folder is the day of the flush: rows of a request that started before midnight and was flushed after it
+    sit in the next day's folder, and a read that ends before that day still finds them (the monitoring job's
+    labelled windows read so; once they came back empty for an hour after each midnight)."""
+    from notebench.serving.schema import Batch
+
+    class Model:
+        name, version = "m", "1"
+
+    two_days_ago = time.time() - 2 * 86400
+    log = PredictionLog(tmp_path / "predictions", flush_interval=30).start()
+    batch = Batch({"a": np.arange(3, dtype=np.int64)}, 3)
+    log.log(request_id="late", endpoint="/invocations", model=Model, columns=batch.columns,
+            output=np.array([0.1, 0.2, 0.3]), rows=3, started=two_days_ago, latency=0.001)
+    log.close()  # flushed now: today's folder
+    (folder,) = (tmp_path / "predictions" / "log").iterdir()
+    assert folder.name == time.strftime("%Y-%m-%d", time.gmtime())
+    since, until = [pd.Timestamp(two_days_ago + d, unit="s", tz="UTC") for d in (-60, 86400)]
+    rows = read_predictions(tmp_path, since=since, until=until)
+    assert rows.request_id.tolist() == ["late"] * 3
+    assert read_predictions(tmp_path, since=since, until=since + pd.Timedelta(seconds=1)).empty
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the real server
 
