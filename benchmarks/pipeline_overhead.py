@@ -81,7 +81,8 @@ def lineage_done(workspace: Path, started: float, timeout: float = 300) -> float
         if runs and (runs[-1] / "lineage.json").exists():
             done = time.perf_counter() - started
             while time.perf_counter() < deadline and any(
-                    "notebench.pipeline.lineage" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+                    "notebench.pipeline.lineage" in " ".join(p.info["cmdline"] or [])
+                    for p in psutil.process_iter(["cmdline"])):
                 time.sleep(0.1)
             return done
         time.sleep(0.1)

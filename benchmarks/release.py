@@ -64,7 +64,8 @@ def main() -> int:
             timed(f"git archive --format=tar.gz -o {tmp}/plain.tar.gz HEAD notebooks/pipelines uv.lock && "
                   f"sha256sum {tmp}/plain.tar.gz", args.repeat, env),
     }
-    subprocess.run(f"{py} -m notebench.release.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT, env=env,
+    subprocess.run(f"{py} -m notebench.release.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT,
+                   env=env,
                    check=True, capture_output=True)
     bundle_a, bundle_b = (next(d.glob("notebench-pipelines-*.tar.gz")) for d in (a, b))
     plain = tmp / "plain"
