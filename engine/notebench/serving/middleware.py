@@ -60,10 +60,10 @@ class ServiceMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started[0]
-            service.requests.inc(endpoint, scope["method"], status)
-            service.latency.observe(seconds, endpoint)
+            service.requests.labels(endpoint, scope["method"], status).inc()
+            service.latency.labels(endpoint).observe(seconds)
             if status >= 400:
-                service.errors.inc(endpoint, status)
+                service.errors.labels(endpoint, status).inc()
 
 
 def _content_length(scope) -> int | None:

@@ -1,4 +1,5 @@
-"""The HTTP API: predictions (MLflow-compatible `/invocations`, `/predict`), feedback, health, metrics, the model.
+"""The HTTP API: predictions (MLflow-compatible `/invocations`, `/predict`), feedback, health (also MLflow's `/ping`
+and `/version`), metrics, the model.
 
 Routes parse, call the `Service`, and turn Notebench's errors into HTTP statuses (the only place that raises
 `HTTPException`): malformed body 400, bad token 401, unknown entity (or no feature repo) 404, body too large 413
@@ -34,7 +35,6 @@ from pydantic import (
 
 from notebench.errors import InvalidInputError, MalformedRequestError, ServingError, UnknownEntityError
 from notebench.serving import formats
-from notebench.serving.metrics import CONTENT_TYPE
 from notebench.serving.models import LoadedModel, scores
 from notebench.serving.service import Service
 
@@ -329,9 +329,37 @@ async def ready(service: ServiceDep) -> JSONResponse:
                         status_code=503 if problems else 200)
 
 
+@router.get("/ping", summary="Readiness, as `mlflow models serve` answers it",
+            responses={200: {"description": "ready: a newline, as MLflow answers"},
+                       404: {"description": "not ready (MLflow's status for it), with the reasons"}})
+async def ping(service: ServiceDep) -> Response:
+    """MLflow's scoring-server probe (load balancers and SageMaker-style health checks call it): 200 with MLflow's
+    body when the service is ready to predict, else 404, as MLflow answers before its model is loaded."""
+    problems = service.readiness()
+    if problems:
+        raise HTTPException(404, f"not ready: {'; '.join(problems)}")
+    return Response("\n", media_type="application/json")
+
+
+@router.get("/version", summary="The MLflow version, as `mlflow models serve` answers it",
+            responses={200: {"description": "the version of MLflow that loads the model (plain text, as MLflow's)",
+                             "content": {"application/json": {"example": "3.1.0"}}}})
+async def version() -> Response:
+    """The version of MLflow serving the model, in MLflow's own format (the bare version string)."""
+    return Response(_mlflow_version(), media_type="application/json")
+
+
+def _mlflow_version() -> str:
+    from mlflow.version import VERSION
+
+    return VERSION
+
+
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
-async def metrics(service: ServiceDep) -> PlainTextResponse:
-    return PlainTextResponse(service.metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(request: Request, service: ServiceDep) -> Response:
+    """Prometheus text (0.0.4), or OpenMetrics when the scraper's Accept header asks for it."""
+    body, content_type = service.metrics.render(request.headers.get("accept"))
+    return Response(body, media_type=content_type)
 
 
 @router.get("/model", summary="The served model", responses={503: {"description": "no model loaded yet"}})
