@@ -56,7 +56,8 @@ class Service:
         self.predlog = PredictionLog(log_root(workspace), flush_interval=config.flush_interval,
                                      flush_rows=config.flush_rows, max_buffered_rows=config.max_buffered_rows
                                      ) if config.log_predictions else None
-        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads, on_batch=self._on_batch,
+        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads,
+                                    large_workers=config.large_workers, on_batch=self._on_batch,
                                     shadow=self._shadow if config.shadow else None)
         self.started_at = time.time()
         self._check_lock: asyncio.Lock | None = None
