@@ -52,15 +52,14 @@ def test_another_workspaces_service_on_the_port_is_not_up_and_the_card_says_why(
 
 
 def test_a_workspace_without_that_version_or_without_a_registry_is_told_so(two_workspaces, tmp_path):
-    ours, _, a, _, _ = two_workspaces
+    _, _, a, _, _ = two_workspaces
     empty = Workspace.of(tmp_path / "empty")  # nothing logged: no MLflow store at all
     card = panels.service_health(empty)
     assert not card["up"] and "has no model registry yet" in card["error"]
-    fresh = Workspace.of(tmp_path / "fresh")
-    register_model(fresh, readings_frame(days=3), alias=None)
-    register_model(fresh, readings_frame(days=3), alias=None)  # versions 1 and 2, neither from A's run
-    card = panels.service_health(fresh)
-    assert not card["up"] and f"of run {a.run_id}" in card["error"]
+    bare = Workspace.of(tmp_path / "bare")
+    bare.client().create_registered_model(a.name)  # the model's name, no version
+    card = panels.service_health(bare)
+    assert not card["up"] and "version 1, which this workspace's registry does not hold" in card["error"]
 
 
 def test_nothing_on_the_port_is_down(tmp_path, monkeypatch):
