@@ -123,3 +123,34 @@ def test_multiprocess_mode_merges_every_process_at_scrape_time(tmp_path):
     assert got[("notebench_prediction_log_rows_written", ())] == 43  # mode "sum": the renderer's own 0 adds nothing
     versions = {dict(labels)["version"] for (name, labels), _ in got.items() if name == "notebench_model_info"}
     assert versions == {"1", "2"}  # each process's served version, merged
+
+
+FEAST_FIRST = textwrap.dedent("""
+    import feast  # noqa: F401  (Feast sets PROMETHEUS_MULTIPROC_DIR to a folder of its own, then imports prometheus)
+    from notebench.serving.metrics import ServiceMetrics, multiprocess_dir
+
+    counts = []
+    for n in (3, 5):
+        metrics = ServiceMetrics()
+        metrics.counter("notebench_requests_total", "HTTP requests answered", ["status"]).labels("200").inc(n)
+        counts.append(metrics.render()[0].decode())
+    assert multiprocess_dir() is None, multiprocess_dir()
+    print("|".join(counts))
+""")
+
+
+@pytest.mark.parametrize("inherited", [False, True], ids=["feast-in-process", "feast-folder-inherited"])
+def test_two_services_never_add_up_each_others_counts_after_feast(tmp_path, inherited):
+    """Feast switches prometheus_client to multiprocess mode in a folder of its own (and a process started from one
+    that imported Feast inherits it): each service must still count only what it answered."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().startswith("prometheus_multiproc")}
+    if inherited:
+        folder = tmp_path / "feast_metrics_parent"
+        folder.mkdir()
+        env.update(PROMETHEUS_MULTIPROC_DIR=str(folder), PROMETHEUS_MULTIPROCESS_DIR=str(folder))
+    done = subprocess.run([sys.executable, "-c", FEAST_FIRST], env=env, capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, second = (samples(text) for text in done.stdout.strip().split("|"))
+    assert first[("notebench_requests_total", (("status", "200"),))] == 3
+    assert second[("notebench_requests_total", (("status", "200"),))] == 5

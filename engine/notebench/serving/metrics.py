@@ -16,6 +16,7 @@ them periodically too (`Service` does at every alias check).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -31,17 +32,44 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what a scraper that does not ask for 
 disable_created_metrics()
 
 
+def _feast_folder(folder: str | None) -> bool:
+    """Whether `folder` is the private one Feast makes for its own metrics when it is imported (`feast.metrics`
+    sets PROMETHEUS_MULTIPROC_DIR to a fresh `feast_metrics_*` temporary folder unless it is set already, and child
+    processes inherit it), rather than one an operator chose for a multi-worker service."""
+    if not folder:
+        return False
+    feast_metrics = sys.modules.get("feast.metrics")
+    if feast_metrics is not None and folder == getattr(feast_metrics, "_prometheus_mp_dir", None):
+        return True
+    return os.path.basename(os.path.normpath(folder)).startswith("feast_metrics_")
+
+
+def _configured_folder() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+def keep_values_in_memory() -> None:
+    """Undo the multiprocess mode Feast switched on by importing first: prometheus_client then keeps this process's
+    values in Feast's folder, keyed by metric name only, so every service of the process (and every process
+    started from it) would add up one another's counts. Metrics made from now on keep their values in memory; an
+    operator's own PROMETHEUS_MULTIPROC_DIR is left alone."""
+    from prometheus_client import values
+
+    if values.ValueClass is not values.MutexValue and _feast_folder(_configured_folder()):
+        values.ValueClass = values.MutexValue
+
+
 def multiprocess_dir() -> str | None:
     """The folder of prometheus_client's multiprocess mode, when this process's metric values live in it.
 
     prometheus_client decides where values live when it is first imported (files, if PROMETHEUS_MULTIPROC_DIR was
-    set then; memory otherwise). Feast sets that variable for its own metrics when it is imported, possibly later:
-    a scrape then must still render this process's in-memory registry, not an empty (or Feast's) folder."""
+    set then; memory otherwise). Feast sets that variable for its own metrics when it is imported, possibly later,
+    and `keep_values_in_memory` undoes it: a scrape then renders this process's registry, not Feast's folder."""
     from prometheus_client import values
 
     if values.ValueClass is values.MutexValue:
         return None
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+    return _configured_folder()
 
 
 class _StateGauge:
@@ -70,6 +98,7 @@ class ServiceMetrics:
     """The metrics of one service: a registry, its metrics, and the gauges set from the service's state."""
 
     def __init__(self):
+        keep_values_in_memory()
         self.registry = CollectorRegistry()
         self._state: list[_StateGauge] = []
 
