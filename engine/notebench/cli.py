@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from notebench import __version__
 from notebench.errors import NotebenchError, UseCaseError
 from notebench.imports import defer_iri_grammar
 
@@ -350,13 +349,35 @@ COMMAND_MODULES = (
 )
 
 
+class _Version(argparse.Action):
+    """`--version`: the engine's and the project's versions, computed only when asked (git costs ~0.3 s)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from notebench.version import describe
+
+        try:
+            from notebench.settings import load_settings
+            from notebench.usecase import use_case_module
+
+            module = use_case_module(load_settings().value("use_case", "object"))
+        except NotebenchError:  # no settings here: the engine's version alone
+            module = None
+        lines = describe(module)
+        if os.environ.get("NOTEBENCH_ENVIRONMENT"):
+            lines.append(f"environment {os.environ['NOTEBENCH_ENVIRONMENT']}: release "
+                         f"{os.environ.get('NOTEBENCH_RELEASE', '?')[:12]}")
+        print("\n".join(lines))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="notebench",
         description="Notebench: notebooks to a continuously trained, delivered and monitored prediction service.",
         epilog="Settings come from settings.ini (or $NOTEBENCH_SETTINGS); any key can be overridden by "
                "NOTEBENCH_<SECTION>_<KEY>. See `notebench config`.")
-    p.add_argument("--version", action="version", version=f"notebench {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0,
+                   help="show the engine's and the project's versions (from git: each commit has its own) and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("config", help="print every effective setting and where it came from")
