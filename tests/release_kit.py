@@ -42,7 +42,6 @@ warm_imports = notebench.step
 
 [environments]
 prod_min_staging_runs = 2
-keep_releases = 2
 
 [environments.dev]
 training.n_trials = 3
@@ -68,7 +67,8 @@ dependencies = ["notebench"]
 include = ["fixture_lib*"]
 """
 
-QUIET = {"NOTEBENCH_ENVIRONMENTS_COMPILE_BYTECODE": "false"}  # no background compile competing with the tests
+# the deploying host's settings for the tests: no background compile competing with them; two releases kept
+QUIET = {"NOTEBENCH_ENVIRONMENTS_COMPILE_BYTECODE": "false", "NOTEBENCH_ENVIRONMENTS_KEEP_RELEASES": "2"}
 
 
 def git(folder: Path, *args: str) -> str:
@@ -104,11 +104,11 @@ def project_wheel(folder: Path, version: str, derived: bool = False) -> Path:
 
 
 def make_project(folder: Path, engine: Path, version: str = "1.0.0", derived: bool = False, body: str = BODY,
-                 settings: str = SETTINGS, lock: bytes | None = None) -> Path:
+                 settings: str = SETTINGS, lock: bytes | None = None, params: str = "") -> Path:
     """A git project with one tiny pipeline named `training`, its settings, the lock and pyproject files, and
     dist/ holding the engine's wheel and the project's."""
     folder.mkdir(parents=True)
-    steps = {"a": {"body": body, "products": {"what": "w.json"}}}
+    steps = {"a": {"body": body, "params": params, "products": {"what": "w.json"}}}
     make_pipeline(folder / "notebooks" / "pipelines" / "training", steps)
     (folder / "settings.ini").write_text(settings)
     (folder / "uv.lock").write_bytes(lock if lock is not None else (ROOT / "uv.lock").read_bytes())

@@ -42,10 +42,20 @@ def _scm_version(pyproject: Path, dist_name: str) -> str | None:
     except ImportError:  # not a development environment: the installed metadata is all there is
         return None
     try:
-        config = Configuration.from_file(pyproject, dist_name=dist_name)
+        config = _configuration(pyproject, dist_name, Configuration)
         return _get_version(config, force_write_version_files=False)
     except Exception:  # no [tool.setuptools_scm], not a git checkout, git missing: fall back to the metadata
         return None
+
+
+def _configuration(pyproject: Path, dist_name: str, configuration):
+    """setuptools-scm's configuration of `pyproject`, read as a build reads it (its SETUPTOOLS_SCM_* variables)."""
+    try:  # setuptools-scm >= 10 (vcs-versioning) wants the environment attached
+        from vcs_versioning._environment import VcsEnvironment
+    except ImportError:
+        return configuration.from_file(pyproject, dist_name=dist_name)
+    return VcsEnvironment.from_env("SETUPTOOLS_SCM", dist_name=dist_name).build_config(name=pyproject,
+                                                                                     dist_name=dist_name)
 
 
 @functools.cache

@@ -326,8 +326,7 @@ def deploy(ws: Workspace, bundle_path: Path | str, env: str, *, approve: bool = 
             if previous and previous.hash == bundle.hash:
                 return {"env": env, "action": "none", "bundle": bundle.hash, "previous": bundle.hash,
                         "why": f"{env} already runs release {bundle.hash[:12]}"}
-            with _Locked(target, _pipelines(previous, bundle)):
-                return _install(ws, target, folder, bundle, python, previous, req, reason, bundle_path)
+            return _install(ws, target, folder, bundle, python, previous, req, reason, bundle_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _remove_if_empty(folder.parent)
@@ -343,8 +342,9 @@ def _python(bundle: Bundle, env: str) -> str:
 
 def _install(ws: Workspace, target: Environment, folder: Path, bundle: Bundle, python: str,
              previous: Release | None, req: DeployRequest, reason: str, bundle_path) -> dict:
-    """Make the release's venv (its layer too, if new), move the release in, switch, record, prune. On any failure,
-    remove what this call made: the environment is as it was."""
+    """Make the release's venv (its layer too, if new) while runs go on; then, with no run of the environment's
+    pipelines in progress, move the release in and switch; record; prune. On any failure, remove what this call
+    made: the environment is as it was."""
     started = time.perf_counter()
     made: list[Path] = []
     try:
@@ -358,20 +358,21 @@ def _install(ws: Workspace, target: Environment, folder: Path, bundle: Bundle, p
             venv.parent.mkdir(parents=True, exist_ok=True)
             made.append(venv)
             mark = venvs.build_venv(venv, folder, bundle.manifest, layer, python, target.name)
-        release_dir = target.releases / bundle.hash
-        if release_dir.exists():
-            verify_folder(release_dir)  # a release already there must still be intact
-        else:
-            release_dir.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(folder, release_dir)
-            made.append(release_dir)
+        with _Locked(target, _pipelines(previous, bundle)):
+            release_dir = target.releases / bundle.hash
+            if release_dir.exists():
+                verify_folder(release_dir)  # a release already there must still be intact
+            else:
+                release_dir.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder, release_dir)
+                made.append(release_dir)
+            target.switch(bundle.hash)
     except BaseException as exc:
         for path in reversed(made):
             shutil.rmtree(path, ignore_errors=True)
         if isinstance(exc, (DeployRefused, BundleError)) and not getattr(exc, "env", None):
             raise DeployRefused(f"{exc} (the environment is unchanged)", env=target.name, bundle=bundle.hash) from exc
         raise
-    target.switch(bundle.hash)
     m = bundle.manifest
     event = {"time": _now(), "env": target.name, "action": "deploy", "bundle": bundle.hash,
              "previous": previous.hash if previous else None, "version": m.get("version"), "name": m.get("name"),
