@@ -40,10 +40,10 @@ unit: $(STAMP)  ## ci/test: notebook lessons (nbdev-test) and pytest
 smoke: $(STAMP)  ## ci/smoke: every pipeline on a small sample in a temporary workspace
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/smoke
 
-build: $(STAMP)  ## ci/build: the wheel and the pipeline bundle (with the stages' results) under dist/
+build: $(STAMP)  ## ci/build: both wheels and the release (with the stages' results) under dist/
 	PATH="$(CURDIR)/$(BIN):$$PATH" UV="$(UV)" ci/build
 
-deploy: $(STAMP)  ## ci/deploy: the bundle ci/build made into ENV (make deploy ENV=dev [ARGS="--approve --by me"])
+deploy: $(STAMP)  ## ci/deploy: the release ci/build made into ENV (make deploy ENV=dev [ARGS="--approve --by me"])
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/deploy $(ENV) $(ARGS)
 
 test: check unit smoke build  ## everything CI runs: check, unit tests, smoke, build
