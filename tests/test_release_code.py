@@ -6,6 +6,7 @@ unchanged."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import notebench
@@ -65,3 +66,41 @@ def test_a_run_uses_the_deployed_release_code_and_rollback_restores_it(workspace
     assert host_install() == host
     assert not (workspace / "pipelines").exists()
     assert sorted(p.name for p in workspace.iterdir()) == ["environments"]
+
+
+def test_the_trigger_service_follows_its_environment_to_the_new_release(workspace, releases, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, ROOT
+
+    one, two = releases["one"], releases["two"]
+    notebench("deploy", str(one.path), "--env", "dev", env=QUIET, check=True)
+    log = tmp_path / "watch.log"
+    proc = subprocess.Popen([str(BIN / "notebench"), "watch", "--env", "dev", "--interval", "1", "--no-lineage"],
+                            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def release_of_watcher() -> str:
+        environ = dict(line.split("=", 1) for line in (Path(f"/proc/{proc.pid}/environ").read_bytes()
+                                                      .decode(errors="replace").split("\0")) if "=" in line)
+        return environ.get("NOTEBENCH_RELEASE", "")
+
+    def wait(condition, what: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{what}:\n{log.read_text()}"
+            time.sleep(0.5)
+
+    try:
+        wait(lambda: "watching for triggers" in log.read_text(), "the trigger service never started")
+        assert release_of_watcher() == one.hash
+        notebench("deploy", str(two.path), "--env", "dev", env=QUIET, check=True)
+        wait(lambda: log.read_text().count("watching for triggers") == 2, "it never started again")
+        assert "its release changed" in log.read_text() and release_of_watcher() == two.hash
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from notebench.errors import DeployRefused
 
-__all__ = ["enter", "inside", "this_release", "variables"]
+__all__ = ["enter", "follow", "inside", "superseded", "this_release", "variables"]
 
 DROPPED = ("PYTHONPATH", "PYTHONHOME", "NOTEBENCH_WORKSPACE_PATH", "NOTEBENCH_SETTINGS", "JUPYTER_PATH",
            "CONDA_PREFIX")
@@ -95,3 +97,31 @@ def enter(env: str, argv: list[str]) -> int:
     sys.stderr.flush()
     os.execve(program, [str(program), *argv], variables(target, release))
     return 0  # not reached
+
+
+def superseded(env: str) -> bool:
+    """Whether this process runs a release of `env` that is no longer its current one (a deploy or rollback since)."""
+    if not inside(env):
+        return False
+    try:
+        return Path(os.readlink(_home() / "current")).name != os.environ["NOTEBENCH_RELEASE"]
+    except OSError:
+        return False
+
+
+def follow(env: str | None, every: float = 2.0) -> threading.Event:
+    """For a long-running service of `env` (the trigger service): once a deploy or rollback makes another release
+    current, send this process SIGTERM (which lets a run in progress finish) and set the returned event, so that the
+    caller re-executes itself in the new release (`enter`). Without an environment, nothing is watched."""
+    changed = threading.Event()
+    if not env or not inside(env):
+        return changed
+
+    def watch() -> None:
+        while not changed.wait(every):
+            if superseded(env):
+                changed.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="notebench-release-follower", daemon=True).start()
+    return changed
