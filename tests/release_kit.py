@@ -88,8 +88,15 @@ def uv_build(source: Path, out: Path, *extra: str) -> Path:
 
 
 def engine_wheel(folder: Path) -> Path:
-    """The engine's wheel, built from this repository (its version: this checkout's)."""
-    return uv_build(ROOT, folder, "--package", "notebench")
+    """The engine's wheel, built from this repository (its version: this checkout's); setuptools' scratch folder,
+    if this made it, removed again."""
+    scratch = ROOT / "engine" / "build"
+    existed = scratch.exists()
+    try:
+        return uv_build(ROOT, folder, "--package", "notebench")
+    finally:
+        if not existed:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def project_wheel(folder: Path, version: str, derived: bool = False) -> Path:

@@ -12,14 +12,14 @@ from notebench.settings import load_settings
 from notebench.version import _scm_version, is_dirty
 
 TEXT = """[tracking]
-experiment = churn
+experiment = sensors
 [environments]
 names = dev, prod
 [environments.dev]
 training.n_trials = 3
 serving.port = 8081
 [environments.prod]
-registry.model_name = churn-model
+registry.model_name = sensors-model
 """
 
 
@@ -39,16 +39,16 @@ def test_an_environment_reads_its_overrides_and_keeps_apart(tmp_path):
     assert (dev.value("training", "n_trials"), dev.value("serving", "port"), dev.environment) == (3, 8081, "dev")
     assert dev.values["training"]["n_trials"].source == f"[environments.dev] in {path}"
     assert dev.path("workspace", "path") == home / "workspace"  # whatever the caller's workspace was
-    assert (dev.value("tracking", "experiment"), dev.value("registry", "model_name")) == ("churn-dev",
+    assert (dev.value("tracking", "experiment"), dev.value("registry", "model_name")) == ("sensors-dev",
                                                                                           "notebench-model-dev")
     prod = load_settings(path, environ={"NOTEBENCH_ENVIRONMENT": "prod"})  # as a process inside prod reads them
-    assert prod.value("registry", "model_name") == "churn-model"  # set by its section: taken as written
-    assert prod.value("tracking", "experiment") == "churn-prod"
+    assert prod.value("registry", "model_name") == "sensors-model"  # set by its section: taken as written
+    assert prod.value("tracking", "experiment") == "sensors-prod"
     # variables still win over an environment's section, and the suffix is not added twice (a kernel's read)
     env = {"NOTEBENCH_ENVIRONMENT": "dev", "NOTEBENCH_TRAINING_N_TRIALS": "7",
-           "NOTEBENCH_TRACKING_EXPERIMENT": "churn-dev"}
+           "NOTEBENCH_TRACKING_EXPERIMENT": "sensors-dev"}
     again = load_settings(path, environ=env)
-    assert (again.value("training", "n_trials"), again.value("tracking", "experiment")) == (7, "churn-dev")
+    assert (again.value("training", "n_trials"), again.value("tracking", "experiment")) == (7, "sensors-dev")
 
 
 @pytest.mark.parametrize("text, words", [
