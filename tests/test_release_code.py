@@ -102,5 +102,6 @@ def test_the_trigger_service_follows_its_environment_to_the_new_release(workspac
         wait(lambda: log.read_text().count("watching for triggers") == 2, "it never started again")
         assert "its release changed" in log.read_text() and release_of_watcher() == two.hash
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)

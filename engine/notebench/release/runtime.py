@@ -84,7 +84,12 @@ def enter(env: str, argv: list[str]) -> int:
     from notebench.release.environments import environment
     from notebench.workspace import Workspace
 
-    target = environment(Workspace(), env)
+    home = _home()
+    if home is not None and os.environ.get("NOTEBENCH_ENVIRONMENT") == env:  # from inside: the host's workspace
+        ws = Workspace.of(home.parent.parent)
+    else:
+        ws = Workspace()
+    target = environment(ws, env)
     release = target.current()
     if release is None:
         raise DeployRefused(f"nothing is deployed yet; deploy a release with `notebench deploy RELEASE --env {env}`",
