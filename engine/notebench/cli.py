@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", dest="global_env", metavar="ENV",
                    help="run the command in this deployment environment: its current release's venv, settings and "
                         "state (e.g. notebench --env prod models)")
-    p.add_argument("--version", action=_Version, nargs=0,
+    p.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
                    help="show the engine's and the project's versions (from git: each commit has its own) and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -530,6 +530,7 @@ def _environment_options(sub) -> None:
             continue
         if not any("--env" in action.option_strings for action in parser._actions):
             parser.add_argument("--env", help=_ENV_HELP)
+            parser.set_defaults(env_added=True)  # its command knows no `env`: main() takes it away again
         parser.set_defaults(in_environment=True)
 
 
@@ -542,6 +543,8 @@ def _environment(args) -> str | None:
     env = args.global_env or (getattr(args, "env", None) if getattr(args, "in_environment", False) else None)
     if env and getattr(args, "env", "absent") is None:
         args.env = env  # `notebench --env E run P` is `notebench run P --env E`
+    for name in ("global_env", "in_environment", *(("env",) if vars(args).pop("env_added", False) else ())):
+        vars(args).pop(name, None)  # the command gets only its own options
     return env
 
 
