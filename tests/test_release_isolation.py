@@ -96,6 +96,7 @@ def prod_state(workspace) -> dict:
             if not k.startswith("workspace/predictions/")}
 
 
+@pytest.mark.slow
 def test_a_run_in_staging_cannot_change_what_prod_serves_reads_or_caches(workspace, release, tmp_path):
     host = {**QUIET, "NOTEBENCH_ENVIRONMENTS_PROD_MIN_STAGING_RUNS": "0"}
     notebench("deploy", str(release.path), "--env", "staging", env=host, check=True)
