@@ -25,8 +25,10 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,8 +82,15 @@ def find_uv() -> str:
     return found
 
 
+def _own_python() -> str:
+    """The interpreter this process runs on (the base one, when this is a venv's)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def find_python(version: str) -> str:
     """An installed interpreter of Python `version` (major.minor), or `DeployRefused` saying there is none."""
+    if version == f"{sys.version_info.major}.{sys.version_info.minor}" and os.access(_own_python(), os.X_OK):
+        return _own_python()  # the usual case, without asking uv
     proc = subprocess.run([find_uv(), "python", "find", "--system", version], capture_output=True, text=True,
                           env=_clean_env(), check=False)
     if proc.returncode or not proc.stdout.strip():
@@ -92,6 +101,8 @@ def find_python(version: str) -> str:
 
 
 def _python_version(python: str) -> str:
+    if os.path.realpath(python) == _own_python():
+        return platform.python_version()
     out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"], capture_output=True,
                          text=True, check=True, env=_clean_env())
     return out.stdout.strip()
