@@ -1,65 +1,38 @@
-"""Pipeline CD: bundles built from a tiny real project, deployed dev -> staging -> prod under the rules, refused
-when they must be (leaving the environment as it was), counted staging runs, and rollback."""
+"""Pipeline CD: releases built from a small real project (both wheels, pipelines, settings, lock), deployed dev ->
+staging -> prod under the rules, refused when they must be (leaving the environment as it was), counted staging
+runs, rollback, pruning, and the trigger service of an environment running in its release's venv."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import shutil
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, notebench
-from notebench import __version__
+from conftest import notebench
 from notebench.pipeline.store import PipelineStore
 from notebench.release.bundle import STAGES, build_bundle, content_hash, record_stage, stage_results
-from notebench.release.environments import current_release, run_variables
-from notebench.settings import load_settings
-from notebench.workspace import Workspace
-from pipeline_kit import make_pipeline
-
-# the step writes which environment its kernel was told it runs in, and where its settings say models go
-# (from a release folder, which holds no settings.ini: the host's settings must reach the kernel)
-BODY = ("import os, pathlib\nfrom notebench.settings import load_settings\n"
-        "pathlib.Path(step.output('where')).write_text(os.environ.get('NOTEBENCH_ENVIRONMENT', '') + ' ' + "
-        "load_settings().value('registry', 'model_name'))\n")
-FAST = {"NOTEBENCH_PIPELINE_WARM_IMPORTS": "notebench.step"}  # the tiny step needs no pandas or mlflow in its kernel
-
-
-def git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), "-c", "user.name=ci", "-c", "user.email=ci@example.org", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def make_project(folder: Path, body: str = BODY) -> Path:
-    """A git project with one tiny pipeline named `training` and the real uv.lock."""
-    pipeline = {"a": {"body": body, "products": {"where": "w.txt"}}}
-    make_pipeline(folder / "notebooks" / "pipelines" / "training", pipeline)
-    shutil.copy(ROOT / "uv.lock", folder / "uv.lock")
-    git(folder, "init", "-q")
-    git(folder, "add", "-A")
-    git(folder, "commit", "-q", "-m", "tiny pipeline")
-    return folder
-
-
-def build(project: Path, dist: Path, stages=STAGES):
-    """Record `stages` as passed on the project's source, then build its bundle into `dist`."""
-    for stage in stages:
-        record_stage(dist, stage, True, project)
-    return build_bundle(project, dist, stage_results(dist, project))
+from release_kit import QUIET, build, engine_wheel, git, make_project, output, tree
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """smoke: only smoke passed; green: every stage; green2: a changed notebook, every stage."""
+def engine(tmp_path_factory):
+    return engine_wheel(tmp_path_factory.mktemp("engine"))
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, engine):
+    """smoke: only smoke passed; green: every stage; green2, green3: other project versions, every stage."""
     tmp = tmp_path_factory.mktemp("bundles")
-    one = make_project(tmp / "one")
-    two = make_project(tmp / "two", BODY + "# a change\n")
-    return {"smoke": build(one, tmp / "d-smoke", ["smoke"]), "green": build(one, tmp / "d-green"),
-            "green2": build(two, tmp / "d-green2")}
+    one = make_project(tmp / "one", engine, "1.0.0")
+    smoke = build(one, ["smoke"])
+    (one / "dist" / "ci").rename(one / "dist" / "ci-smoke")
+    return {"smoke": smoke, "green": build(one),
+            "green2": build(make_project(tmp / "two", engine, "2.0.0", derived=True)),
+            "green3": build(make_project(tmp / "three", engine, "3.0.0"))}
 
 
 def env_state(workspace: Path, env: str):
@@ -71,11 +44,11 @@ def env_state(workspace: Path, env: str):
 
 
 def deploy(bundle, env: str, *extra: str):
-    return notebench("deploy", str(bundle.path), "--env", env, *extra)
+    return notebench("deploy", str(bundle.path), "--env", env, *extra, env=QUIET)
 
 
 def retar(bundle, target: Path, edit) -> Path:
-    """A copy of a bundle tarball with `edit(folder)` applied to its unpacked files."""
+    """A copy of a release tarball with `edit(folder)` applied to its unpacked files."""
     work = target.parent / (target.name + ".d")
     with tarfile.open(bundle.path) as tar:
         tar.extractall(work, filter="data")
@@ -89,36 +62,61 @@ def retar(bundle, target: Path, edit) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_same_commit_same_bundle_and_manifest_contents(tmp_path):
-    project = make_project(tmp_path / "p")
-    a, b = build(project, tmp_path / "a"), build(project, tmp_path / "b")
+def test_same_commit_same_release_and_what_it_carries(tmp_path, engine):
+    project = make_project(tmp_path / "p", engine)
+    a = build(project)  # records the stages, then builds; the same results built again give the same release
+    b = build_bundle(project, tmp_path / "again", stage_results(project / "dist", project, key=""),
+                     wheels=sorted((project / "dist").glob("*.whl")), key="")
     assert a.hash == b.hash and a.path.read_bytes() == b.path.read_bytes()
-    assert a.path.name == f"notebench-pipelines-{__version__}-{a.hash[:12]}.tar.gz"
     m = a.manifest
+    assert a.path.name == f"release-sensors-1.0.0-{a.hash[:12]}.tar.gz"
     assert m["git"] == {"commit": git(project, "rev-parse", "HEAD"), "dirty": "false"}
-    assert m["version"] == __version__ and m["pipelines"] == ["training"] and m["python"].startswith("3.")
+    assert (m["name"], m["version"], m["use_case"]) == ("sensors", "1.0.0", "fixture_lib.use_case:USE_CASE")
+    assert m["versions"] == {"notebench": engine.name.split("-")[1], "sensors": "1.0.0"}
+    assert m["versions"]["notebench"] not in ("0.1.0", "0.2.0")
+    assert m["pipelines"] == ["training"] and m["python"].count(".") == 1 and m["environments"] == ["dev", "staging",
+                                                                                                      "prod"]
     assert {"mlflow", "papermill", "scikit-learn"} <= set(m["packages"])
-    assert set(m["files"]) == {"uv.lock", "pipelines/training/pipeline.yaml", "pipelines/training/a.ipynb"}
+    assert set(m["files"]) == {"uv.lock", "settings.ini", "project/pyproject.toml", "project/engine/pyproject.toml",
+                               "pipelines/training/pipeline.yaml", "pipelines/training/a.ipynb",
+                               f"wheels/{engine.name}", "wheels/sensors-1.0.0-py3-none-any.whl"}
     spec = project / "notebooks/pipelines/training/pipeline.yaml"
-    import hashlib
-
     assert m["files"]["pipelines/training/pipeline.yaml"] == hashlib.sha256(spec.read_bytes()).hexdigest()
-    assert m["ci"] == dict.fromkeys(STAGES, "passed") and m["hash"] == content_hash(__version__, m["files"])
+    assert {s: r["status"] for s, r in m["ci"].items()} == dict.fromkeys(STAGES, "passed")
+    assert {r["source"] for r in m["ci"].values()} == {m["source"]} and m["hash"] == content_hash(m)
     with tarfile.open(a.path) as tar:  # fixed owners and times: nothing of the build machine in the bytes
         assert {(t.mtime, t.uid, t.gid, t.uname) for t in tar.getmembers()} == {(0, 0, 0, "")}
 
-    # a new commit that changes a notebook: the old stage results are stale, and the bundle hash changes
+    # a new commit that changes a notebook: the old stage results are stale, and the release hash changes
     nb = project / "notebooks/pipelines/training/a.ipynb"
-    nb.write_text(nb.read_text().replace("w.txt", "w.txt").replace("write_text", "write_text "))
+    nb.write_text(nb.read_text().replace("write_text", "write_text "))
     git(project, "commit", "-qam", "change")
-    assert stage_results(tmp_path / "a", project) == dict.fromkeys(STAGES, "stale")
-    assert build(project, tmp_path / "c").hash != a.hash
+    assert {s: r["status"] for s, r in stage_results(project / "dist", project, key="").items()} == \
+        dict.fromkeys(STAGES, "stale")
+    assert build(project).hash != a.hash
 
 
-def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
-    smoke, green, green2 = bundles["smoke"], bundles["green"], bundles["green2"]
+def test_a_build_refuses_what_the_release_could_not_run(tmp_path, engine):
+    project = make_project(tmp_path / "p", engine)
+    (project / "settings.ini").write_text("[environments.qa]\nserving.port = 1\n")
+    with pytest.raises(Exception, match=r"\[environments.qa\] is not one of the environments"):
+        build(project)
+    (project / "settings.ini").write_text("[environments.prod]\nserving.port = http\n")
+    with pytest.raises(Exception, match=r"\[serving\] port = 'http' \(from \[environments.prod\]\): expected an int"):
+        build(project)
+    (project / "settings.ini").write_text("[environments]\nsigning_key = hunter2\n")
+    with pytest.raises(Exception, match="ships in every release"):
+        build(project)
+    (project / "settings.ini").write_text("[use_case]\nobject = fixture_lib.use_case:USE_CASE\n")
+    (project / "dist" / f"{engine.name}").unlink()  # no engine wheel: the release would run the host's
+    with pytest.raises(Exception, match="exactly one engine wheel"):
+        build_bundle(project, project / "dist", key="")
 
-    # dev takes a bundle whose smoke passed; staging wants every stage green
+
+def test_dev_staging_prod_rules_runs_rollback_and_pruning(workspace, bundles):
+    smoke, green, green2, green3 = bundles["smoke"], bundles["green"], bundles["green2"], bundles["green3"]
+
+    # dev takes a release whose smoke passed; staging wants every stage green
     assert deploy(smoke, "dev").returncode == 0
     refused = deploy(smoke, "staging")
     assert refused.returncode == 2 and "not all green (check missing, test missing)" in refused.stderr
@@ -129,20 +127,19 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     refused = deploy(green, "prod", "--approve", "--by", "alice")
     assert refused.returncode == 2 and "0 successful 'training' run(s) in staging, and 2 are needed" in refused.stderr
 
-    # two real runs of the deployed pipeline in staging, recorded with bundle and environment
-    notebench("run", "training", "--env", "staging", env=FAST, check=True)  # its MLflow record is checked last
+    # two real runs of the deployed pipeline in staging (in its release's venv), recorded with release and env
+    notebench("run", "training", "--env", "staging", check=True)  # its MLflow record is checked last
     notebench("run", "training", "--env", "staging", "--no-lineage", check=True)  # all cached: ran no code
     refused = deploy(green, "prod", "--approve")
     assert refused.returncode == 2 and "it has 1 successful 'training' run(s) in staging" in refused.stderr
-    notebench("run", "training", "--env", "staging", "--force", "--no-lineage", env=FAST, check=True)
-    runs = [r for r in PipelineStore(workspace, "training", env="staging").runs()
+    notebench("run", "training", "--env", "staging", "--force", "--no-lineage", check=True)
+    staging_ws = workspace / "environments" / "staging" / "workspace"
+    runs = [r for r in PipelineStore(staging_ws, "training", env="staging").runs()
             if any(s["state"] == "done" for s in r["steps"].values())]
     assert [(r["state"], r["bundle"], r["env"]) for r in runs] == [("succeeded", green.hash, "staging")] * 2
     assert runs[0]["git"]["commit"] == green.manifest["git"]["commit"]
-    product = workspace / "pipelines" / "training@staging" / "products" / "a" / "w.txt"
-    model = load_settings().value("registry", "model_name")
-    assert product.read_text() == f"staging {model}-staging"  # staging models never touch the served model
-    assert not (workspace / "pipelines" / "training").exists()  # the project's own runs share nothing with it
+    assert output(workspace, "staging")["model_name"] == "notebench-model-staging"
+    assert not (workspace / "pipelines").exists()  # the project's own runs share nothing with it
 
     # prod without approval is refused; with it, deployed and the approval and evidence recorded
     refused = deploy(green, "prod")
@@ -151,11 +148,10 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     assert deploy(green, "prod", "--approve", "--by", "alice").returncode == 0
     event = json.loads((workspace / "environments/prod/history.jsonl").read_text().splitlines()[-1])
     assert event["approval"]["by"] == "alice" and sorted(event["staging_runs"]) == sorted(r["run_id"] for r in runs)
+    assert event["new_layer"] is False  # staging built the lock's packages; prod reuses them
     again = deploy(green, "prod", "--approve", "--by", "alice")
-    assert again.returncode == 0 and "prod already runs bundle" in again.stdout
+    assert again.returncode == 0 and "prod already runs release" in again.stdout
     assert len((workspace / "environments/prod/history.jsonl").read_text().splitlines()) == 1
-    ws = Workspace()  # prod's runs register under the served model's own name
-    assert "NOTEBENCH_REGISTRY_MODEL_NAME" not in run_variables(ws, "prod", current_release(ws, "prod"))
 
     # a new staging release, then one-command rollback to the one it replaced; nothing earlier than that
     assert deploy(green2, "staging").returncode == 0
@@ -163,15 +159,22 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     shown = {r["env"]: r for r in json.loads(notebench("environments", "--json", check=True).stdout)}
     assert shown["staging"]["bundle"] == green.hash and shown["staging"]["history"][-1]["action"] == "rollback"
     assert shown["prod"]["bundle"] == green.hash and shown["dev"]["bundle"] == smoke.hash
-    assert shown["staging"]["succeeded"] == 2
+    assert shown["staging"]["succeeded"] == 2 and shown["staging"]["version"] == "1.0.0"
     again = notebench("rollback", "--env", "staging")
     assert again.returncode == 2 and "nothing to roll back to" in again.stderr
     table = notebench("environments", check=True).stdout
-    assert "rollback" in table and "approved by alice" in table
-    assert deploy(green2, "staging").returncode == 0  # its release is still there, verified, and taken back
+    assert "rollback" in table and "approved by alice" in table and "sensors 1.0.0" in table
+
+    # keep_releases = 2: a third release removes the least recently used one (never the current), venv included
+    assert deploy(green3, "staging").returncode == 0
+    staging = workspace / "environments" / "staging"
+    assert sorted(p.name for p in (staging / "releases").iterdir()) == sorted([green.hash, green3.hash])
+    assert sorted(p.name for p in (staging / "venvs").iterdir()) == sorted([green.hash, green3.hash])
+    assert json.loads((staging / "history.jsonl").read_text().splitlines()[-1])["removed"] == [green2.hash]
+    assert deploy(green2, "staging").returncode == 0  # a removed release comes back from its file
     assert env_state(workspace, "staging")[0] == Path("releases") / green2.hash
 
-    # the first staging run's MLflow parent run carries the bundle and the environment
+    # the first staging run's MLflow parent run, in staging's own store, carries the release and the environment
     lineage = runs[1].path.parent / "lineage.json"  # written by the lineage sidecar when its record is complete
     deadline = time.time() + 180
     while not lineage.exists() and time.time() < deadline:
@@ -179,87 +182,74 @@ def test_dev_staging_prod_rules_runs_and_rollback(workspace, bundles):
     from mlflow import MlflowClient
 
     parent = json.loads(lineage.read_text())["mlflow_runs"]["pipeline"]
-    tags = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}").get_run(parent).data.tags
+    run = MlflowClient(f"sqlite:///{staging_ws / 'mlflow.db'}").get_run(parent)
+    tags = run.data.tags
     assert (tags["notebench.bundle"], tags["notebench.env"]) == (green.hash, "staging")
+    assert tags["notebench.release"] == "sensors 1.0.0"
+    assert tags["notebench.version"] == green.manifest["versions"]["notebench"]
+    assert not (workspace / "mlflow.db").exists()  # nothing of it in the host's store
 
 
-def test_tampered_bundle_is_refused(workspace, bundles, tmp_path):
-    def edit_notebook(folder):
-        nb = folder / "pipelines/training/a.ipynb"
-        nb.write_text(nb.read_text().replace("NOTEBENCH_ENVIRONMENT", "HOME"))
-
-    tampered = retar(bundles["green"], tmp_path / "t.tar.gz", edit_notebook)
-    proc = notebench("deploy", str(tampered), "--env", "dev")
-    assert proc.returncode == 2
-    assert "pipelines/training/a.ipynb: content does not match the manifest's sha256" in proc.stderr
-    assert env_state(workspace, "dev") == (None, "")
-    assert not list((workspace / "environments").glob("*/releases/*"))
-
-    def forge_manifest(folder):  # the file's new digest written into the manifest: the bundle hash gives it away
-        edit_notebook(folder)
-        m = json.loads((folder / "manifest.json").read_text())
-        import hashlib
-
-        m["files"]["pipelines/training/a.ipynb"] = hashlib.sha256((folder / "pipelines/training/a.ipynb")
-                                                                   .read_bytes()).hexdigest()
-        (folder / "manifest.json").write_text(json.dumps(m))
-
-    proc = notebench("deploy", str(retar(bundles["green"], tmp_path / "f.tar.gz", forge_manifest)), "--env", "dev")
-    assert proc.returncode == 2 and "is not the hash of its file list" in proc.stderr
-
-
-def test_bundle_for_another_version_is_refused(workspace, bundles, tmp_path):
-    def other_version(folder):  # a consistent bundle (hash recomputed), only for another notebench
-        m = json.loads((folder / "manifest.json").read_text())
-        m["version"] = "9.9.9"
-        m["hash"] = content_hash("9.9.9", m["files"])
-        (folder / "manifest.json").write_text(json.dumps(m))
-
-    proc = notebench("deploy", str(retar(bundles["green"], tmp_path / "v.tar.gz", other_version)), "--env", "dev")
-    assert proc.returncode == 2
-    assert f"the bundle is for notebench 9.9.9, but notebench {__version__} is installed" in proc.stderr
-    assert env_state(workspace, "dev") == (None, "")
-
-
-def test_unknown_environment_and_missing_bundle_are_refused(workspace, bundles, tmp_path):
+def test_unknown_environment_and_missing_release_are_refused(workspace, bundles, tmp_path):
     proc = deploy(bundles["green"], "qa")
     assert proc.returncode == 2 and "unknown environment 'qa'; the environments are dev, staging, prod" in proc.stderr
     assert not (workspace / "environments" / "qa").exists()
     proc = notebench("deploy", str(tmp_path / "nope.tar.gz"), "--env", "dev")
-    assert proc.returncode == 2 and "no such bundle file" in proc.stderr
+    assert proc.returncode == 2 and "no such release file" in proc.stderr
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(io.BytesIO(b"not a tarball").getvalue())
     proc = notebench("deploy", str(garbage), "--env", "dev")
-    assert proc.returncode == 2 and "cannot read the bundle" in proc.stderr
-    proc = notebench("run", "training", "--env", "dev")
-    assert proc.returncode == 2 and "nothing is deployed yet" in proc.stderr
+    assert proc.returncode == 2 and "cannot read the release" in proc.stderr
+    for args in (("run", "training", "--env", "dev"), ("--env", "dev", "models"), ("serve", "--env", "dev")):
+        proc = notebench(*args)
+        assert proc.returncode == 2 and "nothing is deployed yet" in proc.stderr, args
+    proc = notebench("--env", "dev", "deploy", str(garbage), "--env", "dev")
+    assert proc.returncode == 1 and "manages environments from the host" in proc.stderr
 
 
 def test_deploy_and_rollback_refused_while_a_run_holds_the_environment(workspace, bundles):
     assert deploy(bundles["smoke"], "dev").returncode == 0
-    before = env_state(workspace, "dev")
-    store = PipelineStore(workspace, "training", env="dev")
+    store = PipelineStore(workspace / "environments" / "dev" / "workspace", "training", env="dev")
     store.lock()  # the very lock a `notebench run training --env dev` holds while it runs
+    before = tree(workspace / "environments")
     try:
         proc = deploy(bundles["green2"], "dev")
         assert proc.returncode == 3 and "while pipeline 'training' runs there" in proc.stderr
-        assert env_state(workspace, "dev") == before
-        assert not (workspace / "environments/dev/releases" / bundles["green2"].hash).exists()
+        assert tree(workspace / "environments") == before
     finally:
         store.unlock()
     assert deploy(bundles["green2"], "dev").returncode == 0  # once the run is over, the same deploy goes through
     assert env_state(workspace, "dev")[0] == Path("releases") / bundles["green2"].hash
 
 
-def test_the_trigger_service_of_an_environment_runs_its_deployed_pipeline(workspace, bundles):
-    assert deploy(bundles["green"], "dev").returncode == 0
+def test_the_trigger_service_of_an_environment_runs_its_deployed_release(workspace, bundles):
+    assert deploy(bundles["green2"], "dev").returncode == 0
     proc = notebench("trigger", "training", "--reason", "try the dev release", "--env", "dev", "--no-lineage",
-                     env=FAST, check=True)
+                     check=True)
     assert "of training: succeeded" in proc.stdout
-    runs = PipelineStore(workspace, "training", env="dev").runs()
-    assert [(r["env"], r["bundle"]) for r in runs] == [("dev", bundles["green"].hash)]
+    dev_ws = workspace / "environments" / "dev" / "workspace"
+    runs = PipelineStore(dev_ws, "training", env="dev").runs()
+    assert [(r["env"], r["bundle"]) for r in runs] == [("dev", bundles["green2"].hash)]
     assert "try the dev release" in runs[0]["trigger"]
+    assert output(workspace, "dev")["derived"] == ["temp_per_load"]  # release 2's code, from its venv
     events = json.loads(notebench("events", "--env", "dev", "--json", check=True).stdout)
     assert [(e["kind"], e["status"], e["run_id"]) for e in events] == [("on_demand", "started", runs[0]["run_id"])]
-    assert json.loads(notebench("events", "--json", check=True).stdout) == []  # the project's queue saw nothing
-    assert not (workspace / "pipelines" / "training").exists()
+    assert (dev_ws / "triggers").is_dir() and not (workspace / "triggers").exists()  # the project's queue: untouched
+    assert json.loads(notebench("events", "--json", check=True).stdout) == []
+
+
+def test_stage_results_count_only_on_their_source_and_with_the_key(tmp_path, engine):
+    project = make_project(tmp_path / "p", engine)
+    dist = project / "dist"
+    record_stage(dist, "smoke", True, project, key="")
+    assert stage_results(dist, project, key="")["smoke"]["status"] == "passed"
+    assert stage_results(dist, project, key="k1")["smoke"]["status"] == "unsigned"  # anyone could have written it
+    record_stage(dist, "smoke", True, project, key="k1")
+    assert stage_results(dist, project, key="k1")["smoke"]["status"] == "passed"
+    assert stage_results(dist, project, key="k2")["smoke"]["status"] == "unsigned"
+    record = json.loads((dist / "ci" / "smoke.json").read_text())
+    record["detail"] = "edited"
+    (dist / "ci" / "smoke.json").write_text(json.dumps(record))
+    assert stage_results(dist, project, key="k1")["smoke"]["status"] == "unsigned"
+    record_stage(dist, "smoke", True, project, key="", source="0" * 40)
+    assert stage_results(dist, project, key="")["smoke"]["status"] == "stale"

@@ -23,7 +23,7 @@ def test_shipped_file_documents_every_key():
     parser.optionxform = str
     parser.read(ROOT / "settings.ini")
     text = (ROOT / "settings.ini").read_text()
-    assert list(parser.sections()) == list(SCHEMA)
+    assert [s for s in parser.sections() if not s.startswith("environments.")] == list(SCHEMA)
     for section, keys in SCHEMA.items():
         assert list(parser[section]) == list(keys), section
         for key, spec in keys.items():

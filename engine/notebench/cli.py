@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from notebench import __version__
 from notebench.errors import NotebenchError, UseCaseError
 from notebench.imports import defer_iri_grammar
 
@@ -25,6 +24,9 @@ def _workspace():
 # subcommands: each parses nothing itself, calls the library and returns an exit code
 
 
+SECRETS = {("serving", "token"), ("environments", "signing_key")}  # shown as "(set)", never printed
+
+
 def cmd_config(args) -> int:
     """Print every effective setting and where it came from."""
     from notebench.settings import SCHEMA, load_settings
@@ -33,14 +35,16 @@ def cmd_config(args) -> int:
     if args.json:
         import json
 
-        out = {f"{s}.{k}": {"value": settings.value(s, k), "type": t, "source": src}
-               for s, k, t, _, src in settings.rows()}
+        out = {f"{s}.{k}": {"value": "(set)" if (s, k) in SECRETS and text else settings.value(s, k), "type": t,
+                            "source": src} for s, k, t, text, src in settings.rows()}
         print(json.dumps(out, indent=2, default=str))
         return 0
     from notebench.workspace import Workspace
 
     print(f"# settings file: {settings.file}")
     print(f"# workspace:     {Workspace(settings).root}")
+    if settings.environment:
+        print(f"# environment:   {settings.environment} (its [environments.{settings.environment}] section applied)")
     rows = list(settings.rows())
     width = max(len(f"{s}.{k}") for s, k, *_ in rows)
     section = None
@@ -48,7 +52,8 @@ def cmd_config(args) -> int:
         if s != section:
             print(f"\n[{s}]")
             section = s
-        line = f"{s}.{k}".ljust(width) + f"  = {text!s:<32} ({type_}; from {source})"
+        shown = "(set)" if text and (s, k) in SECRETS else text
+        line = f"{s}.{k}".ljust(width) + f"  = {shown!s:<32} ({type_}; from {source})"
         print(line)
         if args.doc:
             print(" " * (width + 4) + "# " + SCHEMA[s][k].doc)
@@ -350,13 +355,46 @@ COMMAND_MODULES = (
 )
 
 
+class _Version(argparse.Action):
+    """`--version`: the engine's and the project's versions, computed only when asked (git costs ~0.3 s)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from notebench.release import runtime
+        from notebench.version import describe
+
+        env = getattr(namespace, "global_env", None)
+        if env and not runtime.inside(env):  # `notebench --env E --version`: the release's versions
+            try:
+                runtime.enter(env, ["--version"])
+            except NotebenchError as exc:
+                parser.exit(exc.exit_code, f"notebench: error: {exc}\n")
+
+        try:
+            from notebench.settings import load_settings
+            from notebench.usecase import use_case_module
+
+            module = use_case_module(load_settings().value("use_case", "object"))
+        except NotebenchError:  # no settings here: the engine's version alone
+            module = None
+        lines = describe(module)
+        if os.environ.get("NOTEBENCH_ENVIRONMENT"):
+            lines.append(f"environment {os.environ['NOTEBENCH_ENVIRONMENT']}: release "
+                         f"{os.environ.get('NOTEBENCH_RELEASE', '?')[:12]}")
+        print("\n".join(lines))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="notebench",
         description="Notebench: notebooks to a continuously trained, delivered and monitored prediction service.",
         epilog="Settings come from settings.ini (or $NOTEBENCH_SETTINGS); any key can be overridden by "
                "NOTEBENCH_<SECTION>_<KEY>. See `notebench config`.")
-    p.add_argument("--version", action="version", version=f"notebench {__version__}")
+    p.add_argument("--env", dest="global_env", metavar="ENV",
+                   help="run the command in this deployment environment: its current release's venv, settings and "
+                        "state (e.g. notebench --env prod models)")
+    p.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS,
+                   help="show the engine's and the project's versions (from git: each commit has its own) and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("config", help="print every effective setting and where it came from")
@@ -471,12 +509,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
+    _environment_options(sub)
     return p
+
+
+# Commands that run inside a deployment environment when given `--env E` (they re-execute themselves in its release's
+# venv, with its settings and state; see notebench.release.runtime). `deploy`, `environments` and `rollback --env`
+# manage environments from the host instead.
+IN_ENVIRONMENT = ("run", "serve", "monitor", "deploy-check", "watch", "tick", "trigger", "events")
+HOST_ONLY = ("deploy", "environments")
+_ENV_HELP = ("run in this deployment environment: its current release's venv, settings and state (see `notebench "
+             "environments`)")
+
+
+def _environment_options(sub) -> None:
+    """Give each command that can run in an environment an `--env` option (most already declare theirs)."""
+    for name in IN_ENVIRONMENT:
+        parser = sub.choices.get(name)
+        if parser is None:
+            continue
+        if not any("--env" in action.option_strings for action in parser._actions):
+            parser.add_argument("--env", help=_ENV_HELP)
+            parser.set_defaults(env_added=True)  # its command knows no `env`: main() takes it away again
+        parser.set_defaults(in_environment=True)
+
+
+def _environment(args) -> str | None:
+    """The deployment environment this command runs in: `notebench --env E ...`, or `--env` of a command that runs
+    in one; None for the project's own."""
+    if args.global_env and args.command in HOST_ONLY:
+        raise NotebenchError(f"`notebench {args.command}` manages environments from the host: use `notebench "
+                             f"{args.command} ... --env {args.global_env}` without the global --env")
+    env = args.global_env or (getattr(args, "env", None) if getattr(args, "in_environment", False) else None)
+    if env and getattr(args, "env", "absent") is None:
+        args.env = env  # `notebench --env E run P` is `notebench run P --env E`
+    for name in ("global_env", "in_environment", *(("env",) if vars(args).pop("env_added", False) else ())):
+        vars(args).pop(name, None)  # the command gets only its own options
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `notebench` command line; return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -488,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     defer_iri_grammar()  # 2.75 s saved in every command that reads notebooks (see notebench.imports)
     try:
+        env = _environment(args)
+        if env:
+            from notebench.release import runtime
+
+            if not runtime.inside(env):
+                return runtime.enter(env, given)  # replaces this process: the release's notebench runs the command
         return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
     except NotebenchError as exc:
         print(f"notebench: error: {exc}", file=sys.stderr)

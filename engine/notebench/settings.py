@@ -4,6 +4,15 @@ The schema lives here (types and defaults); `settings.ini` at the project root d
 value. A value is taken from, in order: the environment (`NOTEBENCH_<SECTION>_<KEY>`), the settings file, the
 schema's default. Unknown sections and keys, and values of the wrong type, raise `SettingsError` naming the
 file, the key and the expected type.
+
+Deployment environments (`[environments] names`) may override keys in sections of their own,
+`[environments.<name>]`, one `section.key = value` per line; they are checked (known name, known key, typed value)
+whenever the file is read, so a release whose settings fail is refused at build and at deploy. Settings read *for*
+an environment (`load_settings(env=...)`, or `NOTEBENCH_ENVIRONMENT` set, as it is for everything that runs in an
+environment) apply its overrides over the file (variables still win), and keep the environment apart from the
+others unless its section says otherwise: its workspace is `<environment home>/workspace` (the deployed
+environment's own MLflow store, Feast repo, Optuna storage, products, trigger queue and prediction log), and its
+experiment and registered model are `<name>-<environment>`.
 """
 
 from __future__ import annotations
@@ -17,11 +26,17 @@ from typing import Any
 
 from notebench.errors import SettingsError
 
-__all__ = ["SCHEMA", "Key", "Settings", "Value", "find_settings_file", "load_settings", "project_root"]
+__all__ = ["ENVIRONMENT_ENV", "ENVIRONMENT_HOME_ENV", "SCHEMA", "Key", "Settings", "Value", "find_settings_file",
+           "load_settings", "project_root"]
 
 ENV_PREFIX = "NOTEBENCH_"
 SETTINGS_ENV = "NOTEBENCH_SETTINGS"  # points at another settings file
+ENVIRONMENT_ENV = "NOTEBENCH_ENVIRONMENT"  # the deployment environment this process runs in
+ENVIRONMENT_HOME_ENV = "NOTEBENCH_ENVIRONMENT_HOME"  # that environment's folder (<workspace>/environments/<name>)
 FILE_NAME = "settings.ini"
+OVERRIDES = "environments."  # prefix of the sections that override keys for one environment
+NOT_PER_ENVIRONMENT = {"workspace.path", "environments.names", "environments.signing_key"}  # fixed for all of them
+ISOLATED = (("tracking", "experiment"), ("registry", "model_name"))  # named <value>-<environment> by default
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -183,6 +198,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "environments": {
         "names": _k("list", "dev, staging, prod", "environments, in promotion order"),
         "prod_min_staging_runs": _k("int", "2", "green staging runs before prod accepts a bundle", minimum=0),
+        "keep_releases": _k("int", "3", "releases (and their venvs) each environment keeps; the current one always",
+                            minimum=1),
+        "compile_bytecode": _k("bool", "true", "compile a new lock's packages to bytecode after the deploy, in the "
+                               "background (imports then take half the time)"),
+        "signing_key": _k("str", "", "HMAC key that signs CI results and releases, and that deploys then require; "
+                          "empty: none. Set NOTEBENCH_ENVIRONMENTS_SIGNING_KEY, never the file (it ships)"),
     },
 }
 
@@ -223,6 +244,8 @@ class Settings:
 
     file: Path  # the settings file that was read
     values: dict[str, dict[str, Value]] = field(default_factory=dict)
+    environment: str | None = None  # the deployment environment they were read for (None: the project's own)
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)  # [environments.<name>]: {"section.key": text}
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return {key: v.value for key, v in self.values[section].items()}
@@ -254,6 +277,7 @@ def env_name(section: str, key: str) -> str:
 
 
 def _read_file(path: Path) -> dict[str, dict[str, str]]:
+    """The file's sections and their keys as written (text)."""
     if not path.is_file():
         raise SettingsError(
             "settings file not found; create it (the project's settings.ini documents every key) "
@@ -288,21 +312,74 @@ def _check_env(environ, file: Path) -> None:
                     file=file, key=f"{section}.{rest[len(section) + 1:]}")
 
 
-def load_settings(file: Path | str | None = None, environ=None) -> Settings:
-    """Read, check and type the settings file, applying `NOTEBENCH_<SECTION>_<KEY>` overrides."""
-    environ = os.environ if environ is None else environ
-    path = Path(file).resolve() if file else find_settings_file(environ)
-    raw = _read_file(path)
+def _check_sections(raw: dict[str, dict[str, str]], path: Path) -> None:
+    """Refuse an unknown section or key (the per-environment sections are checked later, with the names)."""
     for section, keys in raw.items():
+        if section.startswith(OVERRIDES):
+            continue
         if section not in SCHEMA:
-            raise SettingsError(f"unknown section [{section}]; known sections: {', '.join(SCHEMA)}",
-                                file=path, key=section)
+            raise SettingsError(f"unknown section [{section}]; known sections: {', '.join(SCHEMA)}, and "
+                                "[environments.<name>] for each of [environments] names", file=path, key=section)
         for key in keys:
             if key not in SCHEMA[section]:
                 raise SettingsError(f"unknown key {key!r} in [{section}]; known keys: {', '.join(SCHEMA[section])}",
                                     file=path, key=f"{section}.{key}")
+
+
+def _check_overrides(overrides: dict[str, dict[str, str]], names: list[str], path: Path) -> None:
+    """Each [environments.<name>] names a known environment, and each of its `section.key` a known key whose
+    value parses; keys that must be the same everywhere are refused."""
+    for env, keys in overrides.items():
+        if env not in names:
+            raise SettingsError(f"[{OVERRIDES}{env}] is not one of the environments ([environments] names = "
+                                f"{', '.join(names)})", file=path, key=f"{OVERRIDES}{env}")
+        for dotted, text in keys.items():
+            section, _, key = dotted.partition(".")
+            if section not in SCHEMA or key not in SCHEMA[section]:
+                raise SettingsError(f"[{OVERRIDES}{env}] {dotted}: no such key; write section.key = value, e.g. "
+                                    "serving.port = 8081", file=path, key=f"{OVERRIDES}{env}.{dotted}")
+            if dotted in NOT_PER_ENVIRONMENT:
+                raise SettingsError(f"[{OVERRIDES}{env}] {dotted}: this key is the same for every environment "
+                                    "(an environment's workspace is <workspace>/environments/<name>/workspace)",
+                                    file=path, key=f"{OVERRIDES}{env}.{dotted}")
+            _typed(SCHEMA[section][key], text, file=path, section=section, key=key, origin=f"[{OVERRIDES}{env}]")
+
+
+def _for_environment(settings: Settings, env: str, environ, path: Path) -> None:
+    """Apply environment `env`'s overrides (variables still win) and keep its state apart from the others'."""
+    names = settings.value("environments", "names")
+    if env not in names:
+        raise SettingsError(f"environment {env!r} ({ENVIRONMENT_ENV}) is not one of [environments] names = "
+                            f"{', '.join(names)}", file=path, key="environments.names")
+    own = settings.overrides.get(env, {})
+    origin = f"[{OVERRIDES}{env}] in {path}"
+    for dotted, text in own.items():
+        section, _, key = dotted.partition(".")
+        if env_name(section, key) not in environ:
+            value = _typed(SCHEMA[section][key], text, file=path, section=section, key=key, origin=origin)
+            settings.values[section][key] = Value(value, text.strip(), origin)
+    for section, key in ISOLATED:
+        current = settings.values[section][key]
+        if f"{section}.{key}" not in own and not current.text.endswith(f"-{env}"):
+            text = f"{current.text}-{env}"
+            settings.values[section][key] = Value(text, text, f"environment {env} ({current.source}, suffixed)")
+    home = environ.get(ENVIRONMENT_HOME_ENV)
+    if home:  # the environment's own state, whatever NOTEBENCH_WORKSPACE_PATH the caller had
+        text = str(Path(home) / "workspace")
+        settings.values["workspace"]["path"] = Value(text, text, f"environment {env} ({ENVIRONMENT_HOME_ENV})")
+    settings.environment = env
+
+
+def load_settings(file: Path | str | None = None, environ=None, env: str | None = None) -> Settings:
+    """Read, check and type the settings file, applying `NOTEBENCH_<SECTION>_<KEY>` overrides; for a deployment
+    environment (`env`, default `$NOTEBENCH_ENVIRONMENT`), also its `[environments.<env>]` overrides."""
+    environ = os.environ if environ is None else environ
+    path = Path(file).resolve() if file else find_settings_file(environ)
+    raw = _read_file(path)
+    _check_sections(raw, path)
     _check_env(environ, path)
-    settings = Settings(file=path)
+    overrides = {name[len(OVERRIDES):]: keys for name, keys in raw.items() if name.startswith(OVERRIDES)}
+    settings = Settings(file=path, overrides=overrides)
     for section, keys in SCHEMA.items():
         settings.values[section] = {}
         for key, spec in keys.items():
@@ -315,4 +392,8 @@ def load_settings(file: Path | str | None = None, environ=None) -> Settings:
                 text, source = spec.default, "default"
             value = _typed(spec, text, file=path, section=section, key=key, origin=source)
             settings.values[section][key] = Value(value, text.strip(), source)
+    _check_overrides(overrides, settings.value("environments", "names"), path)
+    env = env or environ.get(ENVIRONMENT_ENV) or None
+    if env:
+        _for_environment(settings, env, environ, path)
     return settings

@@ -379,7 +379,9 @@ class _Run:
                                     "mlflow.source.git.commit": git["commit"], "notebench.git.dirty": git["dirty"],
                                     "notebench.trigger": self.opts.trigger, "mlflow.user": self.record["user"],
                                     "notebench.kind": "pipeline",
-                                    **({"notebench.env": self.opts.env, "notebench.bundle": self.record["bundle"]}
+                                    **({"notebench.env": self.opts.env, "notebench.bundle": self.record["bundle"],
+                                        "notebench.release": f"{self.release.manifest.get('name')} "
+                                                             f"{self.release.manifest.get('version')}"}
                                        if self.release else {})},
                            "params": {**self.spec.parameters, **self.opts.parameters}})
 

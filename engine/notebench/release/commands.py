@@ -1,4 +1,5 @@
-"""`notebench deploy`, `notebench environments` and `notebench rollback --env`: the pipeline CD subcommands."""
+"""`notebench deploy`, `notebench environments` and `notebench rollback --env`: the pipeline CD subcommands (run on
+the host: they manage environments, where everything else runs in a release's own venv)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,14 @@ def cmd_deploy(args) -> int:
     if event["action"] == "none":
         print(event["why"])
         return 0
-    print(f"{args.env}: now runs bundle {_short(event['bundle'])} (notebench {event['version']}, commit "
-          f"{_short(event['commit'])}); was {_short(event['previous'])}")
+    versions = ", ".join(f"{k} {v}" for k, v in (event.get("versions") or {}).items())
+    layer = "new layer of locked packages" if event.get("new_layer") else "locked packages reused"
+    print(f"{args.env}: now runs release {_short(event['bundle'])} ({versions}; commit {_short(event['commit'])}); "
+          f"was {_short(event['previous'])}")
+    print(f"  venv for Python {event.get('python')} ({layer}: {event.get('layer')}), made in {event.get('seconds')} s; "
+          f"signature {event.get('signature')}")
+    if event.get("removed"):
+        print(f"  removed older releases ([environments] keep_releases): {', '.join(map(_short, event['removed']))}")
     if event.get("approval"):
         print(f"  approved by {event['approval']['by']} at {event['approval']['at']}")
     for key, runs in event.items():
@@ -41,8 +48,8 @@ def cmd_rollback_env(args) -> int:
     from notebench.release.environments import rollback
 
     event = rollback(_ws(), args.env, by=args.by, reason=args.reason or "")
-    print(f"{args.env}: rolled back to bundle {_short(event['bundle'])} (commit {_short(event['commit'])}); "
-          f"was {_short(event['previous'])}")
+    print(f"{args.env}: rolled back to release {_short(event['bundle'])} ({event.get('name')} {event.get('version')}, "
+          f"commit {_short(event['commit'])}): its code, settings and notebooks; was {_short(event['previous'])}")
     return 0
 
 
@@ -54,10 +61,12 @@ def cmd_environments(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
-    print(f"{'env':<10} {'bundle':<13} {'version':<8} {'commit':<13} {'since':<21} {'by':<10} runs (ok/all)  last run")
+    print(f"{'env':<10} {'release':<13} {'version':<30} {'commit':<13} {'since':<21} {'by':<10} runs (ok/all)  "
+          "last run")
     for r in rows:
         last = f"{r['last_run']['run_id']} {r['last_run']['state']}" if r["last_run"] else "-"
-        print(f"{r['env']:<10} {_short(r['bundle']):<13} {r['version'] or '-':<8} {_short(r['commit']):<13} "
+        version = f"{r['name']} {r['version']}" if r["version"] else "-"
+        print(f"{r['env']:<10} {_short(r['bundle']):<13} {version:<30} {_short(r['commit']):<13} "
               f"{r['since'] or '-':<21} {r['by'] or '-':<10} {r['succeeded']}/{r['runs']:<12} {last}")
     events = sorted((e for r in rows for e in r["history"]), key=lambda e: e["time"])[-args.history:]
     if events:
@@ -68,17 +77,21 @@ def cmd_environments(args) -> int:
         print(f"  {e['time']}  {e['env']:<8} {e['action']:<8} {_short(e['bundle'])} (was {_short(e['previous'])}) "
               f"by {e.get('by')}{approval}{reason}")
     if not any(r["bundle"] for r in rows):
-        print("\nnothing deployed yet: build a bundle with ci/build, then `notebench deploy dist/<bundle> --env "
+        print("\nnothing deployed yet: build a release with ci/build, then `notebench deploy dist/<release> --env "
               f"{rows[0]['env']}`", file=sys.stderr)
     return 0
 
 
 def add_commands(sub) -> None:
     """Add `deploy` and `environments` to the `notebench` subcommands (`rollback --env` lives in cli.py)."""
-    d = sub.add_parser("deploy", help="release a pipeline bundle into an environment (dev, staging, prod)",
-                       description="Verify a bundle (every file against its manifest, the package version), check the "
-                                   "environment's rules, then switch the environment to it atomically and record it.")
-    d.add_argument("bundle", help="the bundle .tar.gz (ci/build writes it to dist/)")
+    d = sub.add_parser("deploy", help="deploy a release into an environment (dev, staging, prod): its own venv",
+                       description="Verify a release (every file against its manifest, the manifest against its "
+                                   "hash, its signature when [environments] signing_key is set), find its Python, "
+                                   "check the environment's rules, make the release's venv from its uv.lock and "
+                                   "wheels (uv, cached) with its kernelspec, check its settings and code inside it, "
+                                   "then switch the environment to it atomically, record it, and remove releases "
+                                   "beyond [environments] keep_releases. Refused: the environment is unchanged.")
+    d.add_argument("bundle", help="the release .tar.gz (ci/build writes it to dist/ and its path to dist/BUNDLE)")
     d.add_argument("--env", required=True, help="target environment ([environments] names)")
     d.add_argument("--approve", action="store_true", help="approve the deploy (prod requires it; recorded)")
     d.add_argument("--by", help="who deploys or approves (default: the current user)")

@@ -1,22 +1,31 @@
-"""Environments: where pipeline bundles are released, which one runs, the promotion rules, and rollback.
+"""Environments: where releases are deployed, what runs in each, the promotion rules, rollback and pruning.
 
 ```
-<workspace>/environments/<env>/
-  releases/<bundle hash>/   an unpacked, verified bundle (manifest.json, uv.lock, pipelines/<name>/...)
-  current                   symlink to releases/<hash>, replaced in one rename: readers see old or new
-  history.jsonl             every deploy and rollback: when, who, which bundle, what it replaced, the evidence
+<workspace>/environments/
+  .layers/<lock key>/       the locked packages of a lock, shared by the releases that have it (see venvs)
+  <env>/
+    releases/<hash>/        an unpacked, verified release (manifest.json, wheels/, pipelines/, settings.ini, uv.lock)
+    venvs/<hash>/           the release's venv: its Python, its wheels, its kernelspec
+    workspace/              the environment's own state: MLflow store, Feast repo, Optuna storage, products and
+                            runs, trigger queue, prediction log, monitoring (nothing shared with another environment)
+    current                 symlink to releases/<hash>, replaced in one rename: readers see old or new
+    history.jsonl           every deploy and rollback: when, who, which release, what it replaced, the evidence
 ```
+
+A deploy verifies the release (every file against its manifest, the manifest against its hash, the signature
+when a key is set), finds its Python, checks its rules, makes its venv from its lock and wheels (uv, cached), checks
+its settings and its code inside that venv, then switches `current` and records it; then it removes the releases
+beyond `[environments] keep_releases` (never the current one). Anything refused or failed leaves the environment
+as it was. A rollback points `current` back at the release the current one replaced: code, settings and notebooks
+together, in well under a second, since that release's venv is still there.
+
 Rules come from `[environments]`, by position in `names` (promotion order), unless a rule list is registered
-for a name with `register_rules`: the first environment accepts a bundle whose smoke stage passed; the others
+for a name with `register_rules`: the first environment accepts a release whose smoke stage passed; the others
 need every CI stage green; the last (prod) also needs `prod_min_staging_runs` successful runs of that same
-bundle's training pipeline (`[triggers] pipeline`) in the environment before it (runs that executed at least one
+release's training pipeline (`[triggers] pipeline`) in the environment before it (runs that executed at least one
 step: an all-cached run ran none of its code), and an explicit approval.
-Every refusal leaves the environment as it was.
 
-A pipeline run in an environment (`notebench run P --env E`) reads the spec of E's current release, keeps its
-products, runs and lock in `pipelines/<P>@<E>/` (so dev and prod share no cache or lock), records the bundle
-hash and environment, and registers models under `<model_name>-<E>` except in the last environment, so that
-only prod's runs can move the served champion.
+Everything that runs in an environment runs in its release's venv with its release's settings (see runtime).
 """
 
 from __future__ import annotations
@@ -33,11 +42,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from notebench import __version__
-from notebench.errors import DeployRefused, PipelineBusy, SpecError
+from notebench.errors import BundleError, DeployRefused, PipelineBusy, SpecError
 from notebench.pipeline.spec import find_pipeline
 from notebench.pipeline.store import PipelineStore
-from notebench.release.bundle import STAGES, Bundle, open_bundle, verify_folder
+from notebench.release import venvs
+from notebench.release.bundle import (
+    STAGES,
+    Bundle,
+    ci_status,
+    open_bundle,
+    signing_key,
+    verify_folder,
+    verify_signature,
+)
 from notebench.workspace import Workspace
 
 __all__ = ["Environment", "Release", "current_release", "deploy", "environment", "pipeline_spec_path",
@@ -46,12 +63,21 @@ __all__ = ["Environment", "Release", "current_release", "deploy", "environment",
 
 @dataclass
 class Release:
-    """A bundle released into an environment: its folder and manifest."""
+    """A release deployed in an environment: its folder, its venv and its manifest."""
 
     env: str
     hash: str
     path: Path  # <workspace>/environments/<env>/releases/<hash>
     manifest: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def venv(self) -> Path:
+        """The release's venv (<workspace>/environments/<env>/venvs/<hash>)."""
+        return self.path.parent.parent / "venvs" / self.hash
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "settings.ini"
 
     def spec_path(self, pipeline: str) -> Path:
         """The pipeline.yaml of `pipeline` in this release."""
@@ -64,7 +90,7 @@ class Release:
 
 
 class Environment:
-    """One deployment environment's folder: its releases, current pointer and history."""
+    """One deployment environment's folder: its releases, venvs, state, current pointer and history."""
 
     def __init__(self, ws: Workspace, name: str):
         self.ws, self.name = ws, name
@@ -72,8 +98,11 @@ class Environment:
         if name not in self.order:
             raise DeployRefused(f"unknown environment '{name}'; the environments are {', '.join(self.order)} "
                                 "([environments] names)")
-        self.root = ws.root / "environments" / name
+        self.base = ws.root / "environments"  # every environment's folder, and the shared layers
+        self.root = self.base / name
         self.releases = self.root / "releases"
+        self.venvs = self.root / "venvs"
+        self.workspace = self.root / "workspace"  # the environment's own state (its settings' [workspace] path)
         self.pointer = self.root / "current"
         self.history_file = self.root / "history.jsonl"
 
@@ -127,13 +156,17 @@ class Environment:
         os.symlink(f"releases/{bundle_hash}", tmp)
         os.replace(tmp, self.pointer)
 
+    def store(self, pipeline: str) -> PipelineStore:
+        """The runs, products and lock of `pipeline` in this environment (in its own workspace)."""
+        return PipelineStore(self.workspace, pipeline, env=self.name)
+
     def runs(self, pipeline: str) -> list[dict]:
         """Run records of `pipeline` in this environment, newest first."""
-        return PipelineStore(self.ws.root, pipeline, env=self.name).runs()
+        return self.store(pipeline).runs()
 
     def successful_runs(self, bundle_hash: str, pipeline: str | None = None) -> list[str]:
-        """Ids of the succeeded runs of the training pipeline (or `pipeline`) of that bundle here in which a step
-        executed: a run that found everything cached ran none of the bundle's code, so it proves nothing."""
+        """Ids of the succeeded runs of the training pipeline (or `pipeline`) of that release here in which a step
+        executed: a run that found everything cached ran none of the release's code, so it proves nothing."""
         pipeline = pipeline or self.ws.settings.value("triggers", "pipeline")
         return [r["run_id"] for r in self.runs(pipeline) if r.get("bundle") == bundle_hash
                 and r.get("state") == "succeeded" and any(s.get("state") == "done" for s in r["steps"].values())]
@@ -150,7 +183,7 @@ def environment(ws: Workspace, name: str) -> Environment:
 
 @dataclass
 class DeployRequest:
-    """What a rule judges: the environment, the verified bundle, and the approval given."""
+    """What a rule judges: the environment, the verified release, and the approval given."""
 
     env: Environment
     bundle: Bundle
@@ -160,21 +193,21 @@ class DeployRequest:
 
 
 def smoke_passed(req: DeployRequest) -> str | None:
-    """The bundle's smoke stage passed."""
-    status = req.bundle.manifest.get("ci", {}).get("smoke", "missing")
+    """The release's smoke stage passed (on its own source)."""
+    status = ci_status(req.bundle.manifest)["smoke"]
     return None if status == "passed" else f"its smoke stage is '{status}', not passed (run ci/smoke, then ci/build)"
 
 
 def ci_green(req: DeployRequest) -> str | None:
-    """Every CI stage of the bundle passed."""
-    ci = req.bundle.manifest.get("ci", {})
-    bad = [f"{s} {ci.get(s, 'missing')}" for s in STAGES if ci.get(s) != "passed"]
+    """Every CI stage of the release passed (on its own source)."""
+    ci = ci_status(req.bundle.manifest)
+    bad = [f"{s} {ci[s]}" for s in STAGES if ci[s] != "passed"]
     return None if not bad else (f"its CI stages are not all green ({', '.join(bad)}); run make test "
-                                 "(ci/check, ci/test, ci/smoke, ci/build) on the commit and deploy that bundle")
+                                 "(ci/check, ci/test, ci/smoke, ci/build) on the commit and deploy that release")
 
 
 def previous_runs(req: DeployRequest) -> str | None:
-    """Enough successful training runs of this bundle in the environment before."""
+    """Enough successful training runs of this release in the environment before."""
     before = req.env.previous_env
     needed = req.env.ws.settings.value("environments", "prod_min_staging_runs")
     pipeline = req.env.ws.settings.value("triggers", "pipeline")
@@ -205,7 +238,7 @@ def register_rules(env: str, *rules: Rule) -> None:
 
 
 def rules_for(env: Environment) -> list[Rule]:
-    """The rules a bundle must pass to enter `env`."""
+    """The rules a release must pass to enter `env`."""
     if env.name in RULES:
         return RULES[env.name]
     position = env.order.index(env.name)
@@ -227,9 +260,9 @@ def _now() -> str:
 class _Locked:
     """Hold the run locks of the given pipelines in an environment; `PipelineBusy` if one is running."""
 
-    def __init__(self, ws: Workspace, env: str, pipelines: set[str]):
-        self.stores = [PipelineStore(ws.root, p, env=env) for p in sorted(pipelines)]
-        self.env = env
+    def __init__(self, env: Environment, pipelines: set[str]):
+        self.stores = [env.store(p) for p in sorted(pipelines)]
+        self.env = env.name
 
     def __enter__(self):
         held = []
@@ -255,20 +288,8 @@ def _pipelines(*releases: Release | Bundle | None) -> set[str]:
     return {p for r in releases if r is not None for p in r.manifest.get("pipelines", [])}
 
 
-def _install(env: Environment, folder: Path, bundle: Bundle) -> Release:
-    """Move a verified unpacked bundle into releases/<hash> (reusing an identical one already there)."""
-    target = env.releases / bundle.hash
-    if target.exists():
-        verify_folder(target)  # a release already there must still be intact
-        shutil.rmtree(folder)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(folder, target)
-    return env.release(bundle.hash)
-
-
 def _unpack(ws: Workspace, bundle_path: Path) -> tuple[Path, Bundle]:
-    """Unpack and verify a bundle into a fresh folder beside the environments; remove it on failure."""
+    """Unpack and verify a release into a fresh folder beside the environments; remove it on failure."""
     folder = ws.root / "environments" / ".incoming" / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True)
     try:
@@ -278,18 +299,25 @@ def _unpack(ws: Workspace, bundle_path: Path) -> tuple[Path, Bundle]:
         raise
 
 
+def _trust(bundle: Bundle, env: str) -> str:
+    """The signature check (when a key is set here), as a `DeployRefused`."""
+    try:
+        return verify_signature(bundle, signing_key())
+    except BundleError as exc:
+        raise DeployRefused(str(exc), env=env, bundle=bundle.hash) from exc
+
+
 def deploy(ws: Workspace, bundle_path: Path | str, env: str, *, approve: bool = False, by: str | None = None,
            reason: str = "") -> dict:
-    """Release a bundle into `env` if its rules allow, switch `current` to it, record it; return the event."""
+    """Deploy a release into `env` if it is sound and its rules allow: its venv made, `current` switched to it,
+    recorded, older releases pruned; return the event. Refused (the environment unchanged) otherwise."""
     target = environment(ws, env)
     folder, bundle = _unpack(ws, Path(bundle_path))
     try:
-        version = bundle.manifest.get("version")
-        if version != __version__:
-            raise DeployRefused(f"the bundle is for notebench {version}, but notebench {__version__} is installed; "
-                                "build the bundle from this version, or install the version it was built for",
-                                env=env, bundle=bundle.hash)
-        req = DeployRequest(target, bundle, approve=approve, by=by or getpass.getuser())
+        signature = _trust(bundle, env)
+        python = _python(bundle, env)
+        req = DeployRequest(target, bundle, approve=approve, by=by or getpass.getuser(),
+                            evidence={"signature": signature})
         refusals = [why for rule in rules_for(target) if (why := rule(req))]
         if refusals:
             raise DeployRefused("refused: " + "; ".join(refusals), env=env, bundle=bundle.hash)
@@ -297,26 +325,86 @@ def deploy(ws: Workspace, bundle_path: Path | str, env: str, *, approve: bool = 
             previous = target.current()
             if previous and previous.hash == bundle.hash:
                 return {"env": env, "action": "none", "bundle": bundle.hash, "previous": bundle.hash,
-                        "why": f"{env} already runs bundle {bundle.hash[:12]}"}
-            return _switch_to(ws, target, folder, bundle, previous, req, reason, bundle_path)
+                        "why": f"{env} already runs release {bundle.hash[:12]}"}
+            return _install(ws, target, folder, bundle, python, previous, req, reason, bundle_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _remove_if_empty(folder.parent)
 
 
-def _switch_to(ws: Workspace, target: Environment, folder: Path, bundle: Bundle, previous: Release | None,
-               req: DeployRequest, reason: str, bundle_path) -> dict:
-    """With no run of the environment's pipelines in progress: install the release, switch to it, record it."""
-    with _Locked(ws, target.name, _pipelines(previous, bundle)):
-        release = _install(target, folder, bundle)
-        target.switch(release.hash)
-        event = {"time": _now(), "env": target.name, "action": "deploy", "bundle": bundle.hash,
-                 "previous": previous.hash if previous else None, "version": bundle.manifest.get("version"),
-                 "commit": bundle.manifest.get("git", {}).get("commit"), "user": getpass.getuser(),
-                 "by": req.by, "reason": reason, "bundle_file": str(Path(bundle_path).resolve()),
-                 "ci": bundle.manifest.get("ci", {}), **req.evidence}
-        target.record(event)
+def _python(bundle: Bundle, env: str) -> str:
+    """The interpreter of the Python the release was built on, or `DeployRefused`."""
+    try:
+        return venvs.find_python(str(bundle.manifest.get("python")))
+    except DeployRefused as exc:
+        raise DeployRefused(str(exc), env=env, bundle=bundle.hash) from None
+
+
+def _install(ws: Workspace, target: Environment, folder: Path, bundle: Bundle, python: str,
+             previous: Release | None, req: DeployRequest, reason: str, bundle_path) -> dict:
+    """Make the release's venv (its layer too, if new) while runs go on; then, with no run of the environment's
+    pipelines in progress, move the release in and switch; record; prune. On any failure, remove what this call
+    made: the environment is as it was."""
+    started = time.perf_counter()
+    made: list[Path] = []
+    try:
+        layer, new_layer = venvs.ensure_layer(target.base, folder, python)
+        if new_layer:
+            made.append(layer)
+        venv = target.venvs / bundle.hash
+        mark = venvs.venv_mark(venv)
+        if mark is None or mark.get("layer") != layer.name:
+            shutil.rmtree(venv, ignore_errors=True)
+            venv.parent.mkdir(parents=True, exist_ok=True)
+            made.append(venv)
+            mark = venvs.build_venv(venv, folder, bundle.manifest, layer, python, target.name)
+        with _Locked(target, _pipelines(previous, bundle)):
+            release_dir = target.releases / bundle.hash
+            if release_dir.exists():
+                verify_folder(release_dir)  # a release already there must still be intact
+            else:
+                release_dir.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder, release_dir)
+                made.append(release_dir)
+            target.switch(bundle.hash)
+    except BaseException as exc:
+        for path in reversed(made):
+            shutil.rmtree(path, ignore_errors=True)
+        if isinstance(exc, (DeployRefused, BundleError)) and not getattr(exc, "env", None):
+            raise DeployRefused(f"{exc} (the environment is unchanged)", env=target.name, bundle=bundle.hash) from exc
+        raise
+    m = bundle.manifest
+    event = {"time": _now(), "env": target.name, "action": "deploy", "bundle": bundle.hash,
+             "previous": previous.hash if previous else None, "version": m.get("version"), "name": m.get("name"),
+             "versions": m.get("versions"), "commit": m.get("git", {}).get("commit"), "python": python,
+             "layer": mark["layer"], "new_layer": new_layer, "seconds": round(time.perf_counter() - started, 2),
+             "user": getpass.getuser(), "by": req.by, "reason": reason,
+             "bundle_file": str(Path(bundle_path).resolve()), "ci": ci_status(m), **req.evidence}
+    event["removed"] = _prune(target)
+    target.record(event)
+    if new_layer and ws.settings.value("environments", "compile_bytecode"):
+        venvs.compile_in_background(layer)
     return event
+
+
+def _prune(target: Environment) -> list[str]:
+    """Remove the releases (and venvs) beyond `[environments] keep_releases`, the least recently used first, never
+    the current one; then the layers no kept release uses. Returns the removed release hashes."""
+    keep = target.ws.settings.value("environments", "keep_releases")
+    current = target.current()
+    used: dict[str, str] = {}
+    for event in target.history():
+        used[event.get("bundle")] = event.get("time", "")
+    present = {p.name for p in target.releases.iterdir()} if target.releases.is_dir() else set()
+    present |= {p.name for p in target.venvs.iterdir()} if target.venvs.is_dir() else set()
+    ranked = sorted(present - {current.hash if current else ""}, key=lambda h: used.get(h, ""), reverse=True)
+    removed = ranked[max(0, keep - 1):]
+    for bundle_hash in removed:
+        shutil.rmtree(target.releases / bundle_hash, ignore_errors=True)
+        shutil.rmtree(target.venvs / bundle_hash, ignore_errors=True)
+    in_use = {(venvs.venv_mark(v) or {}).get("layer") for v in target.base.glob("*/venvs/*")}
+    venvs.remove_unused_layers(target.base, {layer for layer in in_use if layer})
+    return removed
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -327,13 +415,13 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def rollback(ws: Workspace, env: str, *, by: str | None = None, reason: str = "") -> dict:
-    """Point `env` back at the release its current one replaced; recorded. One command, no bundle needed."""
+    """Point `env` back at the release its current one replaced (code, settings, notebooks); recorded."""
     target = environment(ws, env)
     with target.changing():
-        return _roll_back(ws, target, by, reason)
+        return _roll_back(target, by, reason)
 
 
-def _roll_back(ws: Workspace, target: Environment, by: str | None, reason: str) -> dict:
+def _roll_back(target: Environment, by: str | None, reason: str) -> dict:
     env = target.name
     current = target.current()
     if current is None:
@@ -343,12 +431,17 @@ def _roll_back(ws: Workspace, target: Environment, by: str | None, reason: str) 
     if not previous:
         raise DeployRefused(f"release {current.hash[:12]} replaced no earlier release: nothing to roll back to",
                             env=env)
+    if not (target.releases / previous).is_dir() or venvs.venv_mark(target.venvs / previous) is None:
+        raise DeployRefused(f"release {previous[:12]}, which {current.hash[:12]} replaced, is no longer kept "
+                            "([environments] keep_releases); deploy its release file again instead", env=env)
     release = target.release(previous)
     verify_folder(release.path)
-    with _Locked(ws, env, _pipelines(current, release)):
+    with _Locked(target, _pipelines(current, release)):
         target.switch(previous)
         event = {"time": _now(), "env": env, "action": "rollback", "bundle": previous, "previous": current.hash,
-                 "version": release.manifest.get("version"), "commit": release.manifest.get("git", {}).get("commit"),
+                 "version": release.manifest.get("version"), "name": release.manifest.get("name"),
+                 "versions": release.manifest.get("versions"),
+                 "commit": release.manifest.get("git", {}).get("commit"),
                  "user": getpass.getuser(), "by": by or getpass.getuser(), "reason": reason}
         target.record(event)
     return event
@@ -359,13 +452,15 @@ def _roll_back(ws: Workspace, target: Environment, by: str | None, reason: str) 
 
 
 def current_release(ws: Workspace, env: str) -> Release:
-    """The release `env` runs now; `DeployRefused` when nothing is deployed there."""
-    target = environment(ws, env)
-    release = target.current()
-    if release is None:
-        raise DeployRefused("nothing is deployed yet; deploy a bundle with `notebench deploy BUNDLE --env "
-                            f"{env}`", env=env)
-    return release
+    """The release this process runs for `env`; only a process inside that environment's venv has one (the CLI
+    re-executes itself there: `notebench run P --env E`), so that no release runs on the host's code."""
+    from notebench.release import runtime
+
+    if runtime.inside(env):
+        return runtime.this_release()
+    raise DeployRefused(f"what runs in environment '{env}' runs in its release's venv, with its settings: use the "
+                        f"command line (`notebench run PIPELINE --env {env}`, `notebench serve --env {env}`...), "
+                        "which re-executes itself there", env=env)
 
 
 def pipeline_spec_path(workspace: Workspace, pipeline: str, env: str | None = None) -> Path:
@@ -376,14 +471,10 @@ def pipeline_spec_path(workspace: Workspace, pipeline: str, env: str | None = No
 
 
 def run_variables(ws: Workspace, env: str, release: Release) -> dict[str, str]:
-    """Environment variables a step kernel of a run in `env` gets: which environment and bundle, the host's
-    settings file, and where its models are registered (`<model_name>-<env>` except in the last environment)."""
-    order = ws.settings.value("environments", "names")
-    out = {"NOTEBENCH_ENVIRONMENT": env, "NOTEBENCH_BUNDLE": release.hash,
-           "NOTEBENCH_SETTINGS": str(ws.settings.file)}  # the host's settings: a release folder holds none
-    if env != order[-1]:
-        out["NOTEBENCH_REGISTRY_MODEL_NAME"] = f"{ws.settings.value('registry', 'model_name')}-{env}"
-    return out
+    """Environment variables a step kernel of a run in `env` gets: which environment and release, and the release's
+    settings file (read for `env`: its overrides, its workspace, its experiment and model name)."""
+    return {"NOTEBENCH_ENVIRONMENT": env, "NOTEBENCH_BUNDLE": release.hash, "NOTEBENCH_RELEASE": release.hash,
+            "NOTEBENCH_SETTINGS": str(release.settings_file)}
 
 
 def status(ws: Workspace) -> list[dict]:
@@ -396,10 +487,14 @@ def status(ws: Workspace) -> list[dict]:
         runs = [r for r in env.runs(pipeline) if current and r.get("bundle") == current.hash]
         history = env.history()
         last = next((e for e in reversed(history) if current and e.get("bundle") == current.hash), {})
+        kept = sorted(p.name for p in env.releases.iterdir()) if env.releases.is_dir() else []
         out.append({"env": name, "bundle": current.hash if current else None,
+                    "name": current.manifest.get("name") if current else None,
                     "version": current.manifest.get("version") if current else None,
+                    "versions": current.manifest.get("versions") if current else None,
                     "commit": current.manifest.get("git", {}).get("commit") if current else None,
-                    "since": last.get("time"), "by": last.get("by"), "pipeline": pipeline,
+                    "venv": str(current.venv) if current else None, "workspace": str(env.workspace),
+                    "since": last.get("time"), "by": last.get("by"), "pipeline": pipeline, "kept": kept,
                     "runs": len(runs), "succeeded": len(env.successful_runs(current.hash, pipeline)) if current else 0,
                     "last_run": ({"run_id": runs[0]["run_id"], "state": runs[0]["state"]} if runs else None),
                     "history": history})

@@ -6,10 +6,19 @@ __all__ = ["add_commands"]
 
 
 def cmd_watch(args) -> int:
-    """Poll the trigger sources every interval and start training runs until Ctrl-C or SIGTERM."""
+    """Poll the trigger sources every interval and start training runs until Ctrl-C or SIGTERM; in an environment,
+    start again in its new release once a deploy or rollback changes it (a run in progress finishes first)."""
+    import sys
+
+    from notebench.release import runtime
     from notebench.triggers.service import watch
 
-    return watch(interval=args.interval, lineage=not args.no_lineage, env=args.env)
+    changed = runtime.follow(args.env)
+    code = watch(interval=args.interval, lineage=not args.no_lineage, env=args.env)
+    if changed.is_set():
+        print(f"environment {args.env}: its release changed; the trigger service starts again in it", flush=True)
+        return runtime.enter(args.env, sys.argv[1:])
+    return code
 
 
 def _sigterm_interrupts() -> None:
