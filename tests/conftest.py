@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,10 +49,27 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return ws
 
 
+def run(cmd: list[str], *, cwd: Path = ROOT, env: dict | None = None, timeout: float = 600):
+    """Run `cmd` (environment `env`, default this process's) and capture its output; return the CompletedProcess.
+    It runs in its own session, and a timeout (or Ctrl-C) kills its whole process group: what the command started (a
+    service, a kernel server) must not outlive the test (a timed-out `notebench demo` left its service running)."""
+    with subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=os.environ if env is None else env, start_new_session=True) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except BaseException as exc:  # the timeout, or Ctrl-C (the new session does not get the terminal's)
+            os.killpg(child.pid, signal.SIGKILL)
+            out, err = child.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise AssertionError(f"{' '.join(map(str, cmd))} did not finish in {timeout} s\n{out[-4000:]}\n"
+                                     f"{err[-4000:]}") from None
+            raise
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err)
+
+
 def notebench(*args: str, env: dict | None = None, timeout: float = 600, check: bool = False):
-    """Run the real `notebench` console script; return the CompletedProcess."""
-    proc = subprocess.run([str(BIN / "notebench"), *args], cwd=ROOT, capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    """Run the real `notebench` console script (`env` added to this process's); return the CompletedProcess."""
+    proc = run([str(BIN / "notebench"), *args], env={**os.environ, **(env or {})}, timeout=timeout)
     if check and proc.returncode:
         raise AssertionError(f"notebench {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

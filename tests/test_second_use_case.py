@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_PROJECT, ROOT
+from conftest import BIN, FIXTURE_PROJECT, ROOT, run
 
 pytestmark = pytest.mark.slow(minutes=4)  # check, ci/smoke and the whole demo loop on a copy
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = run(cmd, cwd=cwd, env=env, timeout=timeout)
     said = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{said}"
     return proc
