@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.notebench-installed
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help install demo test check unit smoke build deploy clean
+.PHONY: help install demo test check unit chromium smoke build deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ demo: $(STAMP)  ## generate the demo data and run the main job on the embedded d
 check: $(STAMP)  ## ci/check: library in sync with the notebooks, notebooks clean, lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/check
 
-unit: $(STAMP)  ## ci/test: notebook lessons (nbdev-test) and pytest
+unit: $(STAMP) chromium  ## ci/test: notebook lessons (nbdev-test) and pytest (2 workers, browser tests included)
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/test
+
+chromium:  ## ci/chromium: Debian's Chromium for the browser tests, installed with apt when missing
+	ci/chromium
 
 smoke: $(STAMP)  ## ci/smoke: every pipeline on a small sample in a temporary workspace
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/smoke

@@ -25,6 +25,7 @@ from notebench.usecase import load_use_case
 from notebench.workspace import Workspace
 
 UC = load_use_case()  # the engine tests' use case (conftest selects it)
+pytestmark = pytest.mark.slow(minutes=2)  # each check starts two model servers and loads them
 FEATURES, TARGET = UC.features, UC.target
 
 BLESSED = {"notebench.blessed": "true", "notebench.blessing.reasons": json.dumps(["auc overall 0.8 >= minimum 0.7"])}

@@ -46,8 +46,12 @@ def test_fork_join_runs_forks_in_parallel_then_caches(workspace, forkjoin):
     assert min(b[0], c[0]) >= a_end  # the join waited for its upstream
     assert products(workspace, "fj", "a", "a.txt") in products(workspace, "fj", "d", "d.txt")
 
-    proc = notebench("run", str(forkjoin), check=True)  # nothing changed: no kernel starts, every step cached
+    kernels = workspace / "kernels"  # the warm kernel pool's server log: the run that executed started one
+    assert (kernels / "server.log").exists()
+    shutil.rmtree(kernels)
+    proc = notebench("run", str(forkjoin), check=True)
     assert set(states(workspace, "fj").values()) == {"cached"}, proc.stderr
+    assert not kernels.exists(), "a fully cached run started the kernel pool"  # quick: nothing to execute
     assert "never ran" not in proc.stdout
 
 

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_PROJECT, ROOT
+from conftest import BIN, FIXTURE_PROJECT, ROOT, run
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=4)  # check, ci/smoke and the whole demo loop on a copy
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = run(cmd, cwd=cwd, env=env, timeout=timeout)
     said = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{said}"
     return proc
@@ -46,7 +46,8 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     shutil.copy2(FIXTURE_PROJECT / "notebooks" / "01_use_case.ipynb", copy / "notebooks" / "01_use_case.ipynb")
     env = {k: v for k, v in os.environ.items() if k != "NOTEBENCH_USE_CASE_OBJECT"}
     env.update(PYTHONPATH=str(copy), PATH=f"{BIN}{os.pathsep}{env['PATH']}",
-               NOTEBENCH_WORKSPACE_PATH=str(copy.parent / "workspace"))
+               NOTEBENCH_WORKSPACE_PATH=str(copy.parent / "workspace"),
+               NOTEBENCH_MONITORING_SETTLE="2")  # the demo's monitoring pass need not wait 10 s after the replay
     _run([str(BIN / "nbdev-export")], copy, env)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "sensors"]):

@@ -37,6 +37,7 @@ from notebench.usecase import load_use_case
 from notebench.workspace import Workspace
 
 UC = load_use_case()  # the engine tests' use case (conftest selects it)
+pytestmark = pytest.mark.slow(minutes=2)  # a trained world, real servers, a fuzzer and load tests
 ENTITY, FEATURES, TARGET = UC.entities[0], UC.features, UC.target
 
 BLESSING = ["auc overall 0.81 >= minimum 0.70"]

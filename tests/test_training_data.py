@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from conftest import notebench
 
 # the readings of day d land on arrival day d + 2: the first 18 arrival days hold days 0..15, all before the break
@@ -12,6 +13,7 @@ from conftest import notebench
 WORLD = ["--size", "200", "--scenario", "schema_break", "--shift-day", "16"]
 
 
+@pytest.mark.slow
 def test_data_side_ingests_once_caches_and_stops_on_a_schema_break(workspace, use_case):
     notebench("demo-data", "--days", "18", *WORLD, check=True)
     first = notebench("run", "training", "--to", "features", check=True)
