@@ -126,6 +126,20 @@ def cmd_demo(args) -> int:
                     trials=args.trials)
 
 
+def cmd_new(args) -> int:
+    """Make a project from a folder of Parquet or CSV: the use case inferred, the template rendered with copier."""
+    from notebench.new import Options, create_project
+
+    options = Options(target=args.target, entities=tuple(args.entity or ()), timestamp=args.timestamp, task=args.task,
+                      row_id=args.row_id)
+    labels = {"same-batch": "same-batch", "separate": "separate"}.get(args.labels)
+    create_project(Path(args.dir), Path(args.data), options, labels=labels,
+                   label_data=Path(args.label_data) if args.label_data else None, name=args.name, engine=args.engine,
+                   engine_from=args.engine_from, template=args.template, with_lock=not args.no_lock,
+                   with_git=not args.no_git)
+    return 0
+
+
 def _parse_params(items: list[str]) -> dict:
     """`key=value` pairs, values read as YAML scalars (numbers, booleans, strings)."""
     import yaml
@@ -396,6 +410,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=None, help="size of the world (entities; default: the use case's)")
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)
+
+    nw = sub.add_parser(
+        "new", help="start a project from a folder of your Parquet or CSV (made with copier; `copier update` later)",
+        description="Start a project from your data: read the Parquet or CSV files at --data, infer the use case (the "
+                    "timestamp, the entities, the target and its task, the features, the pandera schema), and write a "
+                    "project in DIR: pyproject.toml, settings.ini, the Makefile (make demo, make test), ci/, the "
+                    "GitHub workflow, the dashboards, the pipelines, and notebooks/01_data, 02_model, 03_use_case "
+                    "written for the data, with lessons on a sample of it. The earlier batches train the first model; "
+                    "`make demo` replays the later ones. What cannot be inferred is asked for in one message.",
+        epilog="Labels: in the data files (--labels same-batch), or separate label files (entity columns, timestamp, "
+               "target) in DATA/labels/ or at --label-data PATH (--labels separate). Nothing is written when the "
+               "input is refused.")
+    nw.add_argument("dir", help="the project folder to create (new, or empty)")
+    nw.add_argument("--data", required=True, metavar="PATH", help="a Parquet or CSV file, or a folder of them")
+    nw.add_argument("--label-data", metavar="PATH", help="separate label files (a file or folder); default: "
+                                                          "DATA/labels/ when it exists")
+    nw.add_argument("--labels", choices=["same-batch", "separate"],
+                    help="where labels are: a column of the data files, or separate label files (default: separate "
+                         "when label files are found)")
+    nw.add_argument("--target", help="the column the model predicts (default: inferred)")
+    nw.add_argument("--entity", action="append", metavar="COLUMN",
+                    help="a column saying whom a row is about; repeat for several (default: inferred)")
+    nw.add_argument("--row-id", action="store_true", help="the rows are about nothing that recurs: number them "
+                                                          "(entity row_id)")
+    nw.add_argument("--timestamp", help="the column saying when a row was observed (default: the date column)")
+    nw.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the target")
+    nw.add_argument("--name", help="project name (lowercase, digits, _; default: from DIR)")
+    nw.add_argument("--engine", choices=["path", "wheel", "index"],
+                    help="where the project installs the engine from: its source folder (default in a checkout), a "
+                         "wheel file, or a package index (default otherwise)")
+    nw.add_argument("--engine-from", metavar="WHERE",
+                    help="path: the engine folder; wheel: the .whl file (default: built from the checkout); index: "
+                         "the index URL (default: PyPI)")
+    nw.add_argument("--template", help="the project template: a Notebench checkout or its git URL (default: the "
+                                       "checkout this engine runs from)")
+    nw.add_argument("--no-lock", action="store_true", help="do not run `uv lock` in the project")
+    nw.add_argument("--no-git", action="store_true", help="do not make the project a git repository")
+    nw.set_defaults(func=cmd_new)
 
     ck = sub.add_parser(
         "check", help="check the use case and the landed data against it before anything runs (exit 2: problems)",
