@@ -139,8 +139,8 @@ def data_notebook(project) -> nbformat.NotebookNode:
                  "batch, missing while a row's outcome is not known.")
     cells = [
         _code("data-00", "#| default_exp data"),
-        _md("data-01", f"# Data\n\n> {project.description}: the columns, the schema every batch must match, and where "
-                       "the data is."),
+        _md("data-01", f"# Data\n\n> The {project.name} use case's data: its columns, the schema every batch must "
+                       "match, and where the data is."),
         _md("data-02", f"""
 `notebench new` wrote this notebook from the {len(project.files.features)} file(s) of `{project.files.data}`
 {f"and the {len(project.files.labels)} label file(s) beside them " if project.files.labels else ""}: what it could
@@ -203,10 +203,10 @@ schema should refuse the impossible, while drift detection (the validate step an
 for path in batches("sample"): check(pd.read_parquet(path))  # every batch of the sample passes
 test_eq(list(SCHEMA.columns)[:len(KEYS)], KEYS)'''),
         _md("data-14", "A value the schema cannot accept, or a row twice, is refused with the column named:"),
-        _code("data-15", f'''bad = pd.read_parquet(batches("sample")[0]).head(3)
+        _code("data-15", f'''bad = pd.read_parquet(batches("sample")[0]).head(3).copy()
 {bad}
 with expect_fail(BatchSchemaError, contains="{bad_col}"): check(bad)
-twice = pd.concat([bad.head(1), bad.head(1)])
+twice = pd.concat([bad.head(1), bad.head(1)], ignore_index=True)
 try: check(twice)
 except BatchSchemaError as e: error = e
 test_eq(any("duplicated" in p for p in error.problems), True)

@@ -10,6 +10,8 @@ checkout's path or a git URL). A project depends on the engine's distribution al
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -97,8 +99,8 @@ def render(template: str | None, staging: Path, answers: dict) -> str:
         source = str(Path(source).expanduser().resolve())
         if not (Path(source) / "copier.yml").is_file():
             raise NewProjectError(f"--template {source}: no copier.yml there; name a Notebench checkout")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "dirty template changes included", "no git tags": said in the summary
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # "dirty template changes included", "no git tags found"
         try:
             copier.run_copy(source, str(staging), data=answers, defaults=True, quiet=True, unsafe=False,
                             overwrite=True)
