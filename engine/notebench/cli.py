@@ -121,8 +121,12 @@ def cmd_lab(args, extra: list[str]) -> int:
 def cmd_demo(args) -> int:
     """Run the closed loop on the demo world, showing each event."""
     from notebench.demo import run_demo
+    from notebench.usecase import load_use_case
 
-    return run_demo(_workspace(), days=args.days, more_days=args.more_days, size=args.size,
+    ws = _workspace()
+    sizes = {"days": 30, "more_days": 8, **load_use_case(ws.settings).extra.get("demo", {})}  # a project's own data
+    return run_demo(ws, days=sizes["days"] if args.days is None else args.days,
+                    more_days=sizes["more_days"] if args.more_days is None else args.more_days, size=args.size,
                     trials=args.trials)
 
 
@@ -404,9 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole loop: train, serve, replay shifted traffic, monitor, retrain on "
                                        "drift, promote, swap (what `make demo` runs)")
-    demo.add_argument("--days", type=int, default=30, help="days the first champion trains on (default: 30)")
-    demo.add_argument("--more-days", type=int, default=8,
-                      help="days replayed as traffic, then landed (the shift starts on the first; default: 8)")
+    demo.add_argument("--days", type=int, default=None,
+                      help="days the first champion trains on (default: the contract's extra['demo'], else 30)")
+    demo.add_argument("--more-days", type=int, default=None,
+                      help="days replayed as traffic, then landed (the shift starts on the first; default: the "
+                           "contract's extra['demo'], else 8)")
     demo.add_argument("--size", type=int, default=None, help="size of the world (entities; default: the use case's)")
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)

@@ -76,7 +76,8 @@ def _roles_md(project) -> str:
     out.append(f"| timestamp | `{roles.timestamp}` | {notes['timestamp'].split('(')[-1].rstrip(')')} |")
     out.append(f"| entity | {', '.join(f'`{e}`' for e in roles.entities)} | "
                f"{notes['entity'].split('(')[-1].rstrip(')')} |")
-    out.append(f"| target | `{roles.target}`, task **{roles.task}** | {notes['target'].split('(', 1)[-1].rstrip(')')} |")
+    how = notes["target"].split("(", 1)[-1].rstrip(")")
+    out.append(f"| target | `{roles.target}`, task **{roles.task}** | {how} |")
     out.append(f"| numeric features | {', '.join(f'`{c}`' for c in roles.numeric) or 'none'} | numbers |")
     out.append(f"| categorical features | {', '.join(f'`{c}`' for c in roles.categorical) or 'none'} | "
                "text with few values |")
@@ -135,8 +136,8 @@ def data_notebook(project) -> nbformat.NotebookNode:
     layout_md = ("Labels arrive as their own batches (`data/batches/labels/`, the contract's `separate` layout): each "
                  "label row names the entity and the timestamp of the row it is about."
                  if land.layout == "separate" else
-                 "Labels arrive inside the batches (the contract's `in_batches` layout): the target is a column of each "
-                 "batch, missing while a row's outcome is not known.")
+                 "Labels arrive inside the batches (the contract's `in_batches` layout): the target is a column of "
+                 "each batch, missing while a row's outcome is not known.")
     cells = [
         _code("data-00", "#| default_exp data"),
         _md("data-01", f"# Data\n\n> The {project.name} use case's data: its columns, the schema every batch must "
@@ -318,8 +319,9 @@ def search_space(trial, # an `optuna.Trial`
         max_leaf_nodes=trial.suggest_int("max_leaf_nodes", 8, 64, log=True),
         min_samples_leaf=trial.suggest_int("min_samples_leaf", 5, 100, log=True),
         l2_regularization=trial.suggest_float("l2_regularization", 1e-4, 10.0, log=True))'''),
-        _code("model-13", '''params = search_space(optuna.trial.FixedTrial({"learning_rate": 0.1, "max_iter": 50, "max_leaf_nodes": 15,
-                                               "min_samples_leaf": 20, "l2_regularization": 1.0}))
+        _code("model-13", '''drawn = {"learning_rate": 0.1, "max_iter": 50, "max_leaf_nodes": 15,
+         "min_samples_leaf": 20, "l2_regularization": 1.0}
+params = search_space(optuna.trial.FixedTrial(drawn))
 test_eq(make_model(params).named_steps["model"].max_leaf_nodes, 15)'''),
     ]
     return _notebook(cells)
@@ -330,7 +332,7 @@ test_eq(make_model(params).named_steps["model"].max_leaf_nodes, 15)'''),
 
 
 def use_case_notebook(project) -> nbformat.NotebookNode:
-    roles, land, pkg = project.roles, project.landing, project.package
+    land, pkg = project.landing, project.package
     cells = [
         _code("uc-00", "#| default_exp use_case"),
         _md("uc-01", f"# Use case\n\n> The {project.name} use case as one contract: the only object the engine "

@@ -63,7 +63,8 @@ def _nullable(values: pd.Series) -> str:
 
 def _numeric(values: pd.Series) -> str:
     low, high, whole = bounds(values)
-    return f"pa.Column({_dtype(values)}, pa.Check.in_range({number(low, whole)}, {number(high, whole)}){_nullable(values)})"
+    check = f"pa.Check.in_range({number(low, whole)}, {number(high, whole)})"
+    return f"pa.Column({_dtype(values)}, {check}{_nullable(values)})"
 
 
 def _target(values: pd.Series, task: str) -> str:

@@ -64,7 +64,7 @@ def engine_answers(engine: str | None, engine_from: str | None, dest: Path, stag
     if engine == "index":
         return {"engine": "index", "engine_from": engine_from or "", "engine_version": f">={__version__}"}
     if engine == "path":
-        folder = Path(engine_from).expanduser().resolve() if engine_from else (checkout / "engine" if checkout else None)
+        folder = Path(engine_from).expanduser().resolve() if engine_from else checkout / "engine" if checkout else None
         if folder is None or not (folder / "pyproject.toml").is_file():
             raise NewProjectError(f"--engine path: {folder or 'no engine source folder'} holds no pyproject.toml; pass "
                                   "--engine-from ENGINE_FOLDER (the engine/ folder of a Notebench checkout)")
@@ -80,7 +80,7 @@ def engine_answers(engine: str | None, engine_from: str | None, dest: Path, stag
     else:
         uv = find_uv()
         if checkout is None or uv is None:
-            raise NewProjectError("--engine wheel: pass --engine-from WHEEL (no Notebench checkout and uv to build one)")
+            raise NewProjectError("--engine wheel: pass --engine-from WHEEL (no checkout and uv here to build one)")
         _run([uv, "build", "--wheel", "--out-dir", str(staging / "wheels"), str(checkout / "engine")], checkout,
              "building the engine's wheel")
         wheel = next((staging / "wheels").glob("notebench-*.whl"))
