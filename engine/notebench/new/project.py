@@ -142,7 +142,7 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
         write_notebooks(project, staging / "notebooks")
         _export(staging)
         if with_lock:
-            lock(staging)
+            lock(staging, seed=Path(source) / "uv.lock" if Path(source).is_dir() else None)
         _place(staging, dest)
     train = land_.features.index[land_.batch.isin(land_.names[:land_.n_train])]
     write_batches(land_, roles, dest / ".notebench" / "landing", rows=train)

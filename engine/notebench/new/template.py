@@ -110,14 +110,22 @@ def render(template: str | None, staging: Path, answers: dict) -> str:
     return source
 
 
-def lock(project: Path) -> None:
-    """`uv lock` in the project (the lock `make install` installs from)."""
+def lock(project: Path, seed: Path | None = None) -> None:
+    """`uv lock` in the project (what `make install` installs from), offline from uv's cache when it can.
+
+    `seed` (the template's own uv.lock) is copied in first: uv keeps the versions it pins, so a new project installs
+    what the engine was tested with."""
     uv = find_uv()
     if uv is None:
         raise NewProjectError("uv is needed to lock the project's dependencies (`pip install uv`), or pass --no-lock "
                               "and run `uv lock` in the project before `make install`")
-    _run([uv, "lock", "--quiet"], project, "locking the project's dependencies (uv lock)",
-         env={"UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""})
+    if seed is not None and seed.is_file():
+        shutil.copyfile(seed, project / "uv.lock")
+    env = {"UV_PYTHON_DOWNLOADS": "never", "VIRTUAL_ENV": ""}
+    offline = subprocess.run([uv, "lock", "--quiet", "--offline"], cwd=project, capture_output=True, text=True,
+                             check=False, env={**os.environ, **env})
+    if offline.returncode:
+        _run([uv, "lock", "--quiet"], project, "locking the project's dependencies (uv lock)", env=env)
 
 
 def git_commit(project: Path, message: str) -> str:
