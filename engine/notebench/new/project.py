@@ -135,7 +135,7 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
         staging = Path(tmp) / dest.name
         staging.mkdir()
         engine_spec = engine_answers(engine, engine_from, dest, staging)
-        source = render(template, staging, _answers(project, engine_spec))
+        source = render(template, staging, _answers(project, engine_spec), dest)
         land_, roles = project.landing, project.roles
         write_batches(land_, roles, staging / "data" / "batches")
         write_batches(land_, roles, staging / "data" / "sample", rows=land_.sample)

@@ -87,8 +87,11 @@ def engine_answers(engine: str | None, engine_from: str | None, dest: Path, stag
     return {"engine": "wheel", "engine_from": f"wheels/{wheel.name}", "engine_version": ""}
 
 
-def render(template: str | None, staging: Path, answers: dict) -> str:
-    """Render the template into `staging` with `answers`; return the template's source."""
+def render(template: str | None, staging: Path, answers: dict, dest: Path | None = None) -> str:
+    """Render the template into `staging` (to become `dest`) with `answers`; return the template's source.
+
+    A project inside the template's own folder (an example of the repository) records the template as a relative
+    path, so that `copier update` works in any clone of it."""
     import copier
 
     source = template or (str(source_checkout()) if source_checkout() else None)
@@ -99,10 +102,13 @@ def render(template: str | None, staging: Path, answers: dict) -> str:
         source = str(Path(source).expanduser().resolve())
         if not (Path(source) / "copier.yml").is_file():
             raise NewProjectError(f"--template {source}: no copier.yml there; name a Notebench checkout")
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+    src, cwd = source, Path.cwd()
+    if dest is not None and Path(source).is_dir() and dest.is_relative_to(source):
+        src, cwd = os.path.relpath(source, dest), staging.parent  # staging.parent: a sibling of dest, same depth
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.chdir(cwd):
         warnings.simplefilter("ignore")  # "dirty template changes included", "no git tags found"
         try:
-            copier.run_copy(source, str(staging), data=answers, defaults=True, quiet=True, unsafe=False,
+            copier.run_copy(src, str(staging), data=answers, defaults=True, quiet=True, unsafe=False,
                             overwrite=True)
         except Exception as exc:  # copier's own errors: a bad answer, an unreachable template
             raise NewProjectError(f"copier could not render the template {source}: {type(exc).__name__}: {exc}") \
