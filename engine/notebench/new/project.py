@@ -130,10 +130,13 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
     _check_dest(dest)
     project = plan(data, options or Options(), labels, label_data, project_name(dest, name))
     _say_plan(project, say)
+    made_parent = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f"{dest.name}.notebench-new-") as tmp:
-        staging = Path(tmp) / dest.name
-        staging.mkdir()
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f"{dest.name}.notebench-new-"))  # beside DIR: same depth
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's private one
+    try:
         engine_spec = engine_answers(engine, engine_from, dest, staging)
         source = render(template, staging, _answers(project, engine_spec), dest)
         land_, roles = project.landing, project.roles
@@ -144,6 +147,11 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
         if with_lock:
             lock(staging, seed=Path(source) / "uv.lock" if Path(source).is_dir() else None)
         _place(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made_parent and not any(dest.parent.iterdir()):
+            dest.parent.rmdir()
+        raise
     train = land_.features.index[land_.batch.isin(land_.names[:land_.n_train])]
     write_batches(land_, roles, dest / ".notebench" / "landing", rows=train)
     git = git_commit(dest, f"notebench new --data {project.files.data}") if with_git else "no git repository"

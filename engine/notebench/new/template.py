@@ -104,7 +104,7 @@ def render(template: str | None, staging: Path, answers: dict, dest: Path | None
             raise NewProjectError(f"--template {source}: no copier.yml there; name a Notebench checkout")
     src, cwd = source, Path.cwd()
     if dest is not None and Path(source).is_dir() and dest.is_relative_to(source):
-        src, cwd = os.path.relpath(source, dest), staging.parent  # staging.parent: a sibling of dest, same depth
+        src, cwd = os.path.relpath(source, dest), staging  # staging is a sibling of dest: the same depth
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.chdir(cwd):
         warnings.simplefilter("ignore")  # "dirty template changes included", "no git tags found"
         try:
