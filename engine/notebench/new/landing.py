@@ -260,23 +260,34 @@ def land(features: pd.DataFrame, labels: pd.DataFrame | None, roles: Roles) -> L
 # writing
 
 
+def _write_groups(frame: pd.DataFrame, names, folder: Path) -> int:
+    """Each batch of `frame` (its rows grouped by `names`) as folder/<name>.parquet, through one Arrow table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    codes, uniques = pd.factorize(np.asarray(names), sort=True)
+    order = np.argsort(codes, kind="stable")
+    edges = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+    for i, name in enumerate(uniques):
+        pq.write_table(table.take(order[edges[i]:edges[i + 1]]), folder / f"{name}.parquet")
+    return len(uniques)
+
+
 def write_batches(land: Landing, roles: Roles, folder: Path, rows: pd.Index | None = None) -> int:
     """Write the batches (`rows` of them: a sample) under folder/features (and folder/labels); return the files."""
     features = land.features if rows is None else land.features.loc[rows]
     batch = land.batch.loc[features.index]
-    keys = [*roles.entities, roles.timestamp]
-    labels = None
+    written = _write_groups(features, batch, folder / "features")
     if land.labels is not None:
-        labels = land.labels.merge(features[keys].assign(_batch=batch.values), on=keys, how="inner")
-    written = 0
-    for name in sorted(batch.unique()):
-        part = features[batch == name].reset_index(drop=True)
-        (folder / "features").mkdir(parents=True, exist_ok=True)
-        part.to_parquet(folder / "features" / f"{name}.parquet", index=False)
-        written += 1
-        if labels is not None:
-            lab = labels[labels["_batch"] == name].drop(columns="_batch").reset_index(drop=True)
-            (folder / "labels").mkdir(parents=True, exist_ok=True)
-            lab.to_parquet(folder / "labels" / f"{name}.parquet", index=False)
+        keys = [*roles.entities, roles.timestamp]
+        labels = land.labels.merge(features[keys].assign(_batch=batch.to_numpy()), on=keys, how="inner")
+        labels = labels.sort_values([roles.timestamp, *roles.entities], kind="stable")
+        missing = sorted(set(batch) - set(labels["_batch"]))  # a batch whose labels have not arrived: an empty file
+        empty = land.labels.iloc[:0]
+        written += _write_groups(labels.drop(columns="_batch"), labels["_batch"], folder / "labels")
+        for name in missing:
+            empty.to_parquet(folder / "labels" / f"{name}.parquet", index=False)
             written += 1
     return written

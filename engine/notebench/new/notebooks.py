@@ -37,7 +37,8 @@ def _code(cid: str, text: str):
 
 def _notebook(cells) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells)
-    nb.metadata = {"kernelspec": {"display_name": "Python (notebench)", "language": "python", "name": "notebench"}}
+    # the kernelspec as nbdev-clean writes it, so that ci/check finds the notebooks clean
+    nb.metadata = {"kernelspec": {"display_name": "notebench", "language": "python", "name": "notebench"}}
     return nb
 
 
@@ -445,7 +446,7 @@ def notebooks(project) -> dict[str, nbformat.NotebookNode]:
 
 
 def write_notebooks(project, folder: Path) -> list[Path]:
-    """Write the use-case notebooks into `folder`; return their paths."""
+    """Write the use-case notebooks into `folder`, as nbdev-clean writes them; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name, nb in notebooks(project).items():

@@ -100,8 +100,8 @@ def _tool(name: str) -> str:
 
 
 def _export(staging: Path) -> None:
-    """nbdev-clean the written notebooks and export them into the package."""
-    for tool in ("nbdev-clean", "nbdev-export"):
+    """Export the written notebooks into the package (they are written clean: nbdev-clean would change nothing)."""
+    for tool in ("nbdev-export",):
         proc = subprocess.run([_tool(tool)], cwd=staging, capture_output=True, text=True, check=False)
         if proc.returncode:
             raise NewProjectError(f"{tool} failed on the generated notebooks:\n{(proc.stderr or proc.stdout)[-1500:]}")
@@ -152,8 +152,12 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
         if made_parent and not any(dest.parent.iterdir()):
             dest.parent.rmdir()
         raise
-    train = land_.features.index[land_.batch.isin(land_.names[:land_.n_train])]
-    write_batches(land_, roles, dest / ".notebench" / "landing", rows=train)
+    for name in land_.names[:land_.n_train]:  # the training batches, landed in the project's workspace
+        for stream in ("features", "labels"):
+            if (dest / "data" / "batches" / stream / f"{name}.parquet").is_file():
+                (dest / ".notebench" / "landing" / stream).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(dest / "data" / "batches" / stream / f"{name}.parquet",
+                                dest / ".notebench" / "landing" / stream / f"{name}.parquet")
     git = git_commit(dest, f"notebench new --data {project.files.data}") if with_git else "no git repository"
     _say_written(project, dest, source, engine_spec, with_lock, git, time.monotonic() - started, say)
     return project

@@ -139,6 +139,10 @@ def git_commit(project: Path, message: str) -> str:
     git = shutil.which("git")
     if git is None:
         return "git not found: the project is not a git repository (copier update needs one)"
+    inside = subprocess.run([git, "rev-parse", "--show-toplevel"], cwd=project.parent, capture_output=True,
+                            text=True, check=False)
+    if inside.returncode == 0:
+        return f"part of the git repository {inside.stdout.strip()} (not made a repository of its own)"
     _run([git, "init", "-q"], project, "git init")
     _run([git, "add", "-A"], project, "git add")
     who = subprocess.run([git, "var", "GIT_COMMITTER_IDENT"], cwd=project, capture_output=True, text=True, check=False)
