@@ -175,7 +175,7 @@ def test_what_the_data_cannot_say_is_asked_for_in_one_message(tmp_path):
     assert "does not say everything a project needs" in said
     assert "--target COLUMN; candidates: result" in said  # the last column first
     assert "--entity COLUMN, repeatable; candidates: store" in said
-    assert "notebench new DIR --data PATH --target result --entity store" in said
+    assert f"notebench new {dest} --data {data} --target result --entity store" in said  # what to run next
     with pytest.raises(NeedAnswers):  # the same through the library, and the answers make it go through
         plan(data, Options())
     assert plan(data, Options(target="result", entities=("store",))).roles.task == "binary"

@@ -197,7 +197,7 @@ def _ask(data, roles: dict, candidates: dict, options: Options) -> None:
                          "about nothing that recurs (each row gets a number)")
         example.append(f"--entity {found[0]}" if found else "--row-id")
     if questions:
-        raise NeedAnswers(data, questions, "notebench new DIR --data PATH " + " ".join(example))
+        raise NeedAnswers(data, questions, example)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from notebench.new.errors import NewProjectError
+from notebench.new.errors import NeedAnswers, NewProjectError
 from notebench.new.infer import Options, Roles, infer_roles, safe_names
 from notebench.new.landing import Landing, land, write_batches
 from notebench.new.notebooks import write_notebooks
@@ -128,7 +128,12 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
     started = time.monotonic()
     dest = Path(dest).expanduser().resolve()
     _check_dest(dest)
-    project = plan(data, options or Options(), labels, label_data, project_name(dest, name))
+    try:
+        project = plan(data, options or Options(), labels, label_data, project_name(dest, name))
+    except NeedAnswers as exc:
+        given = " ".join([f"--labels {labels}" if labels else "", f"--label-data {label_data}" if label_data else "",
+                          *(f"--{k} {v}" for k, v in (("name", name), ("engine", engine)) if v)]).strip()
+        raise exc.asking(f"notebench new {dest} --data {Path(data).expanduser().resolve()} {given}".strip()) from None
     _say_plan(project, say)
     made_parent = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)

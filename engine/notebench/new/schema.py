@@ -74,9 +74,8 @@ def _target(values: pd.Series, task: str) -> str:
     if task == "regression":
         low, high, _ = bounds(values.astype("float64"))
         return f'pa.Column("float64", pa.Check.in_range({number(low, False)}, {number(high, False)}), nullable=True)'
-    if pd.api.types.is_numeric_dtype(values):
-        return f'pa.Column("float64", pa.Check.isin({[float(v) for v in sorted(values.dropna().unique())]}), ' \
-               'nullable=True)'
+    if pd.api.types.is_numeric_dtype(values):  # whole-number classes: int64, or float64 when some are missing
+        return f"pa.Column({_dtype(values)}, pa.Check.isin(CLASSES), nullable=True)"
     return "pa.Column(str, pa.Check.isin(CLASSES), nullable=True)"
 
 
