@@ -237,6 +237,28 @@ def test_the_project_settings_and_dependencies_are_its_own(binary_project):
     assert len(log.stdout.splitlines()) == 1
 
 
+def test_the_engine_comes_from_a_wheel_or_an_index_as_chosen(tmp_path):
+    import tomllib
+
+    from notebench import __version__
+
+    data = world(tmp_path / "data", days=6)
+    wheel = tmp_path / f"notebench-{__version__}-py3-none-any.whl"
+    wheel.write_bytes(b"a wheel")  # rendering only: nothing installs it here
+    create_project(tmp_path / "by_wheel", data, engine="wheel", engine_from=str(wheel), with_lock=False,
+                   with_git=False, say=lambda _: None)
+    pyproject = tomllib.loads((tmp_path / "by_wheel" / "pyproject.toml").read_text())
+    assert pyproject["tool"]["uv"]["sources"]["notebench"] == {"path": f"wheels/{wheel.name}"}
+    assert (tmp_path / "by_wheel" / "wheels" / wheel.name).read_bytes() == b"a wheel"
+    create_project(tmp_path / "by_index", data, engine="index", engine_from="https://packages.example.org/simple",
+                   with_lock=False, with_git=False, say=lambda _: None)
+    pyproject = tomllib.loads((tmp_path / "by_index" / "pyproject.toml").read_text())
+    assert pyproject["project"]["dependencies"] == [f"notebench>={__version__}"]
+    assert pyproject["tool"]["uv"]["index"] == [{"name": "notebench", "url": "https://packages.example.org/simple",
+                                                 "explicit": True}]
+    assert not (tmp_path / "by_index" / ".git").exists()
+
+
 def test_the_notebooks_hold_the_schema_as_code_with_fixed_cell_ids(binary_project):
     project, _ = binary_project
     data = json.loads((project / "notebooks" / "01_data.ipynb").read_text())
