@@ -88,6 +88,17 @@ def test_roles_task_and_features_are_inferred_from_the_data(tmp_path):
     assert str(land.features["observed_at"].dtype) == "datetime64[us, UTC]"
 
 
+def test_a_csv_with_month_first_dates_and_numbered_rows(tmp_path):
+    rng = np.random.default_rng(1)
+    days = pd.date_range("2026-01-01", periods=40, freq="D").repeat(24)
+    frame = pd.DataFrame({"instant": np.arange(1, len(days) + 1), "day": days.strftime("%m/%d/%Y"),
+                          "temp": rng.normal(10, 4, len(days)), "rides": rng.poisson(200, len(days)) + 100})
+    frame.to_csv(tmp_path / "hourly.csv", index=False)
+    project = plan(tmp_path / "hourly.csv", Options(target="rides"))
+    assert (project.roles.timestamp, project.roles.entities, project.roles.task) == ("day", ["instant"], "regression")
+    assert project.landing.features["day"].dt.strftime("%m-%d").iloc[-1] == "02-09"  # 02/09/2026, month first
+
+
 @pytest.mark.parametrize(("values", "task"), [
     (["a", "b", "a"], "binary"), ([0, 1, 1], "binary"), (["x", "y", "z"], "multiclass"), ([1, 2, 3, 4], "multiclass"),
     ([0.5, 1.25, 3.0], "regression"), (list(range(40)), "regression")])

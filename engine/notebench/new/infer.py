@@ -82,6 +82,14 @@ def _whole(values: pd.Series) -> bool:
     return pd.api.types.is_integer_dtype(values) or bool(((values % 1) == 0).all())
 
 
+def _row_number(values: pd.Series) -> bool:
+    """True when whole numbers number the rows: all distinct, from 0 or 1, no gap (a CSV's index, a row id)."""
+    if not pd.api.types.is_integer_dtype(values) or values.isna().any() or len(values) < 2:
+        return False
+    low, high = int(values.min()), int(values.max())
+    return low in (0, 1) and high - low + 1 == len(values) and values.is_unique
+
+
 def _unique_keys(frame: pd.DataFrame, columns: list[str]) -> bool:
     """True when `columns` hold no null and no two rows share their values."""
     part = frame[columns]
@@ -165,6 +173,9 @@ def _entities(features: pd.DataFrame, labels: pd.DataFrame | None, given: tuple[
     if timestamp is None:
         return None, candidates
     ids = [c for c in candidates if _ID_NAMES.search(c)]
+    rows = [c for c in candidates if _row_number(features[c])]  # 1..n or 0..n-1: a row id whatever its name
+    if not ids and len(rows) == 1:
+        ids = rows
     if labels is not None:  # the label files share the entity columns with the features (and the timestamp)
         shared = [c for c in candidates if c in labels.columns]
         if shared and _unique_keys(features, [*shared, timestamp]):

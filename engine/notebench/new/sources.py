@@ -24,8 +24,9 @@ from notebench.new.errors import NewProjectError
 __all__ = ["SUFFIXES", "Files", "find_files", "kind_of", "read_all"]
 
 SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv")
-_DATE_TEXT = re.compile(r"^\s*(\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+_DATE_TEXT = re.compile(r"^\s*(\d{4}[-/]\d{1,2}[-/]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
                         r"|\d{1,2}/\d{1,2}/\d{4}( \d{1,2}:\d{2}(:\d{2})?)?)\s*$")
+_OFFSET = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})\s*$")
 
 
 @dataclass
@@ -95,17 +96,27 @@ def kind_of(dtype) -> str:
     return "other"
 
 
+def _day_first(values: pd.Series) -> bool:
+    """For `a/b/yyyy` dates: True when some `a` is above 12 (31/01/2026), else month first (01/31/2026)."""
+    parts = values.str.extract(r"^\s*(\d{1,2})/(\d{1,2})/\d{4}").dropna().astype(int)
+    return bool(len(parts)) and bool((parts[0] > 12).any())
+
+
 def _parse_dates(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns that hold dates (ISO `2026-01-31[ 08:00]` or `31/01/2026`) as datetimes; others unchanged."""
+    """Text columns that hold dates (ISO `2026-01-31[ 08:00[+02:00]]`, `2026/01/31`, `31/01/2026`, `01/31/2026`) as
+    datetimes (UTC when they carry an offset); other columns unchanged."""
     for col in frame.columns:
         values = frame[col]
         if kind_of(values.dtype) != "text":
             continue
-        probe = values.dropna().astype(str).head(200)
-        if len(probe) and probe.str.match(_DATE_TEXT).all():
-            parsed = pd.to_datetime(values, errors="coerce", format="mixed", dayfirst="/" in probe.iloc[0])
-            if parsed.notna().sum() == values.notna().sum():
-                frame[col] = parsed
+        probe = values.dropna().astype(str).head(500)
+        if not len(probe) or not probe.str.match(_DATE_TEXT).all():
+            continue
+        known = values.dropna().astype(str)
+        parsed = pd.to_datetime(values.where(values.notna(), None), errors="coerce", format="mixed",
+                                dayfirst=_day_first(known), utc=bool(known.str.contains(_OFFSET).any()))
+        if parsed.notna().sum() == values.notna().sum():
+            frame[col] = parsed
     return frame
 
 
@@ -114,7 +125,7 @@ def read_file(path: Path) -> pd.DataFrame:
     name = path.name.lower()
     try:
         if name.endswith((".parquet", ".pq")):
-            frame = pd.read_parquet(path)
+            frame = _parse_dates(pd.read_parquet(path))
         else:
             frame = _parse_dates(pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",", low_memory=False))
     except Exception as exc:  # the file's own reader says why: pyarrow, the CSV parser
