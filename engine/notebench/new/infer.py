@@ -52,7 +52,7 @@ class Roles:
     numeric: list[str]
     categorical: list[str]
     left_out: dict[str, str] = field(default_factory=dict)  # column -> why it is not a feature
-    notes: list[str] = field(default_factory=list)  # what was inferred and how, for the summary
+    how: dict[str, str] = field(default_factory=dict)  # timestamp, entities, target, task -> how it was decided
 
 
 def safe_names(columns) -> dict[str, str]:
@@ -305,9 +305,8 @@ def infer_roles(data, features: pd.DataFrame, labels: pd.DataFrame | None, optio
     if not roles.numeric and not roles.categorical:
         raise NewProjectError(f"no feature left: every column other than the timestamp, entities and target was left "
                               f"out ({'; '.join(f'{c}: {w}' for c, w in roles.left_out.items()) or 'there are none'})")
-    how = {"timestamp": "given" if options.timestamp else "inferred", "target": "given" if options.target else
-           "inferred", "entities": "given" if options.entities or options.row_id else "inferred",
-           "task": "given" if options.task else f"inferred from {values.dropna().nunique():,} distinct values"}
-    roles.notes = [f"timestamp {timestamp} ({how['timestamp']})", f"entity {', '.join(entities)} ({how['entities']})",
-                   f"target {target} ({how['target']}), task {task} ({how['task']})"]
+    roles.how = {"timestamp": "given" if options.timestamp else "inferred",
+                 "entities": "given" if options.entities or options.row_id else "inferred",
+                 "target": "given" if options.target else "inferred",
+                 "task": "given" if options.task else f"inferred from {values.dropna().nunique():,} distinct values"}
     return roles

@@ -8,6 +8,7 @@ check what is true of any data, never a score the data may not reach.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -73,12 +74,11 @@ def _categories(project) -> str:
 def _roles_md(project) -> str:
     roles, land = project.roles, project.landing
     out = ["| role | column(s) | how |", "|---|---|---|"]
-    notes = dict(zip(("timestamp", "entity", "target"), roles.notes, strict=False))
-    out.append(f"| timestamp | `{roles.timestamp}` | {notes['timestamp'].split('(')[-1].rstrip(')')} |")
-    out.append(f"| entity | {', '.join(f'`{e}`' for e in roles.entities)} | "
-               f"{notes['entity'].split('(')[-1].rstrip(')')} |")
-    how = notes["target"].split("(", 1)[-1].rstrip(")")
-    out.append(f"| target | `{roles.target}`, task **{roles.task}** | {how} |")
+    how = roles.how
+    out.append(f"| timestamp | `{roles.timestamp}` | {how['timestamp']} |")
+    out.append(f"| entity | {', '.join(f'`{e}`' for e in roles.entities)} | {how['entities']} |")
+    out.append(f"| target | `{roles.target}` | {how['target']} |")
+    out.append(f"| task | **{roles.task}** | {how['task']} |")
     out.append(f"| numeric features | {', '.join(f'`{c}`' for c in roles.numeric) or 'none'} | numbers |")
     out.append(f"| categorical features | {', '.join(f'`{c}`' for c in roles.categorical) or 'none'} | "
                "text with few values |")
@@ -111,7 +111,7 @@ def _names_code(project) -> str:
     if roles.task == "multiclass":
         values = project.landing.labels if project.landing.labels is not None else project.landing.features
         classes = sorted(values[roles.target].dropna().unique().tolist())
-        lines.append(f"CLASSES = {classes!r}  # the target's classes".replace("'", '"'))
+        lines.append(f"CLASSES = {json.dumps([str(c) if isinstance(c, str) else c for c in classes])}  # the classes")
     return "\n".join(lines)
 
 
@@ -124,6 +124,14 @@ def _bad_value(project) -> str:
         return f'bad.loc[bad.index[0], "{col}"] = {number(high * 10 + 1000 if high >= 0 else 1000, whole)}', col
     col = roles.categorical[0]
     return f'bad.loc[bad.index[0], "{col}"] = "a value never seen"', col
+
+
+def _source(project) -> str:
+    """Where the notebook's content came from, in a sentence."""
+    files = project.files
+    labels = f" and {len(files.labels)} label file(s)" if files.labels else ""
+    return (f"`notebench new` wrote this notebook from {len(files.features)} data file(s){labels} in "
+            f"`{files.data}`: what it could tell from them is below, as code.")
 
 
 def data_notebook(project) -> nbformat.NotebookNode:
@@ -143,13 +151,9 @@ def data_notebook(project) -> nbformat.NotebookNode:
         _code("data-00", "#| default_exp data"),
         _md("data-01", f"# Data\n\n> The {project.name} use case's data: its columns, the schema every batch must "
                        "match, and where the data is."),
-        _md("data-02", f"""
-`notebench new` wrote this notebook from the {len(project.files.features)} file(s) of `{project.files.data}`
-{f"and the {len(project.files.labels)} label file(s) beside them " if project.files.labels else ""}: what it could
-tell from the data is below, as code. It is yours now: correct a role, tighten a range, add a derived feature; then
-`nbdev-export` (or `make check`) writes the package `{project.package}` that the engine reads through
-`notebooks/03_use_case.ipynb`.
-"""),
+        _md("data-02", f"{_source(project)} It is yours now: correct a role, tighten a range, add a derived "
+                       f"feature; then `nbdev-export` (or `make check`) writes the package `{project.package}`, which "
+                       "the engine reads through `notebooks/03_use_case.ipynb`."),
         _code("data-03", "#| export\nfrom pathlib import Path\n\nimport pandas as pd\nimport pandera.pandas as pa\n"
                          "from notebench.data.batches import read_batches"),
         _code("data-04", "from fastcore.test import *\nfrom notebench.data.batches import time_split, validate_batch\n"

@@ -183,11 +183,12 @@ def _say_plan(project: Project, say) -> None:
     if project.renamed:
         say("  renamed: " + ", ".join(f"{a!r} -> {b}" for a, b in project.renamed.items()))
     say("The use case")
-    say(f"  {'timestamp':<12} {roles.notes[0].removeprefix('timestamp ')}")
-    say(f"  {'entity':<12} {roles.notes[1].removeprefix('entity ')}")
+    how = roles.how
+    say(f"  {'timestamp':<12} {roles.timestamp} ({how['timestamp']})")
+    say(f"  {'entity':<12} {', '.join(roles.entities)} ({how['entities']})")
     positive = next((k for k, v in (land_.codes or {}).items() if v == 1), None)
     codes = f"; positive class {positive!r}" if positive is not None else ""
-    say(f"  {'target':<12} {roles.notes[2].removeprefix('target ')}{codes}")
+    say(f"  {'target':<12} {roles.target} ({how['target']}), task {roles.task} ({how['task']}){codes}")
     say(f"  {'labels':<12} {'separate label files' if land_.layout == 'separate' else 'in the data files'}")
     say(f"  {'numeric':<12} {', '.join(roles.numeric) or 'none'}")
     cats = [f"{c} ({len(categories(frame[c]))} values)" for c in roles.categorical]
