@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, notebench
+from conftest import BIN, FIXTURE_PROJECT, ROOT, notebench
 from pipeline_kit import fork_join, make_pipeline
 
 
@@ -74,6 +75,34 @@ def test_parameter_override_reruns_and_is_named(workspace, tmp_path):
     assert "parameter n changed: 1 -> 3" in plan
     notebench("run", str(spec), "-p", "n=3", "--no-lineage", check=True)
     assert products(workspace, "pp", "only", "out.txt") == "30"
+
+
+def test_changed_use_case_module_reruns_the_steps_and_explain_says_why(workspace, tmp_path):
+    # a copy of the fixture project first on the path: the runner and its kernels take the use case from it
+    project = shutil.copytree(FIXTURE_PROJECT, tmp_path / "fixture", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": os.pathsep.join([str(project), os.environ["PYTHONPATH"]])}
+    # neither step names the use case's module: both reach it through the contract only (`step.use_case`)
+    spec = make_pipeline(tmp_path / "uc", {
+        "describe": {"products": {"what": "what.txt"}, "body": (
+            "import pathlib\npathlib.Path(step.output('what')).write_text(step.use_case.description)")},
+        "count": {"products": {"n": "n.txt"}, "body": (
+            "import pathlib\npathlib.Path(step.output('n')).write_text(str(len(step.use_case.features)))")},
+    })
+    notebench("run", str(spec), "--no-lineage", env=env, check=True)
+    assert products(workspace, "uc", "describe", "what.txt") == "will a device fail within two days of a reading?"
+    plan = notebench("run", str(spec), "--explain", env=env, check=True).stdout
+    assert all("cached" in ln for ln in plan.splitlines() if ln.split()[:1] in (["describe"], ["count"])), plan
+
+    module = project / "fixture_lib" / "use_case.py"
+    module.write_text(module.read_text().replace("within two days of a reading?", "within two days? (edited)"))
+    plan = notebench("run", str(spec), "--explain", env=env, check=True).stdout
+    lines = {ln.split()[0]: ln for ln in plan.splitlines() if ln.strip()}
+    for step in ("describe", "count"):
+        assert "run" in lines[step] and "module fixture_lib.use_case changed" in lines[step], plan
+        assert "notebook code changed" not in lines[step] and "notebench." not in lines[step], plan
+    notebench("run", str(spec), "--no-lineage", env=env, check=True)
+    assert states(workspace, "uc") == {"describe": "done", "count": "done"}
+    assert products(workspace, "uc", "describe", "what.txt") == "will a device fail within two days? (edited)"
 
 
 def test_failed_step_keeps_notebook_fails_the_run_and_resumes(workspace, tmp_path):

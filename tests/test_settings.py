@@ -32,10 +32,10 @@ def test_shipped_file_documents_every_key():
 
 
 def test_values_are_typed_and_sources_named(tmp_path):
-    path = write(tmp_path, "[pipeline]\ntimeout = 60\n[training]\nsegments = a, b\n")
+    path = write(tmp_path, "[pipeline]\ntimeout = 60\nwarm_imports = a, b\n")
     s = load_settings(path, environ={})
     assert s.value("pipeline", "timeout") == 60
-    assert s.value("training", "segments") == ["a", "b"]
+    assert s.value("pipeline", "warm_imports") == ["a", "b"]
     assert s.values["pipeline"]["timeout"].source == str(path)
     assert s.values["pipeline"]["retries"].source == "default"
 

@@ -75,7 +75,7 @@ def test_cooldown_suppresses_drift_but_not_on_demand_and_disabled_kinds_never_ru
     first = tick(workspace, lineage=False)
     assert first.run_state == "succeeded" and len(runs(workspace)) == 1
 
-    drift = enqueue(workspace, "drift", "tenure drifted")
+    drift = enqueue(workspace, "drift", "temperature drifted")
     second = tick(workspace, lineage=False)
     assert second.run_id is None and len(runs(workspace)) == 1
     assert [e.id for e in second.skipped] == [drift.id]
@@ -159,20 +159,20 @@ def test_a_registered_kind_is_polled_once_per_condition_and_unknown_kinds_are_re
     assert err.value.exit_code == 2
 
 
-def _batch(ws: Path, name: str) -> None:
-    import pandas as pd
+def _batch(ws: Path, uc, day: int) -> str:
+    """Land arrival day `day` of the use case's world (a few devices); return the batch's landing path."""
+    before = set((ws / "landing" / "features").glob("*.parquet"))
+    uc.simulate(ws / "landing", start_day=day, days=1, size=5)
+    [path] = set((ws / "landing" / "features").glob("*.parquet")) - before
+    return path.relative_to(ws / "landing").as_posix()
 
-    path = ws / "landing" / "features" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"customer_id": [1, 2], "x": [0.5, 1.5]}).to_parquet(path)
 
-
-def test_new_data_fires_for_unconsumed_batches_only(workspace, pipeline, monkeypatch):
+def test_new_data_fires_for_unconsumed_batches_only(workspace, pipeline, monkeypatch, use_case):
     monkeypatch.setenv("NOTEBENCH_TRIGGERS_KINDS", "new_data")
     assert tick(workspace, run=False).enqueued == []
-    _batch(workspace, "2026-01-01.parquet")
+    first = _batch(workspace, use_case, 2)
     found = tick(workspace, run=False).enqueued
-    assert [e.kind for e in found] == ["new_data"] and found[0].details["batches"] == ["features/2026-01-01.parquet"]
+    assert [e.kind for e in found] == ["new_data"] and found[0].details["batches"] == [first]
     assert tick(workspace, run=False).enqueued == []  # the same unconsumed batches are one event
 
     ran = tick(workspace, lineage=False)
@@ -180,9 +180,9 @@ def test_new_data_fires_for_unconsumed_batches_only(workspace, pipeline, monkeyp
     after = tick(workspace, lineage=False)
     assert after.enqueued == [] and after.run_id is None and len(runs(workspace)) == 1  # consumed: no new event
 
-    _batch(workspace, "2026-01-02.parquet")
+    second = _batch(workspace, use_case, 3)
     again = tick(workspace, lineage=False)
-    assert [e.details["batches"] for e in again.enqueued] == [["features/2026-01-02.parquet"]]
+    assert [e.details["batches"] for e in again.enqueued] == [[second]]
     assert again.run_state == "succeeded" and len(runs(workspace)) == 2
 
 

@@ -1,8 +1,10 @@
 """Content fingerprints of steps: what a step's result depends on, and which part of it changed.
 
 A step's fingerprint is made of its notebook's code cells, the engine's and the use case's modules the notebook
-imports (and those they import in turn; the use-case contract's module always counts), its parameters, and the content of its upstream products. Outputs, metadata and
-markdown do not count, so re-running or re-documenting a notebook does not invalidate its cache.
+imports (and those they import in turn; the use-case contract's module always counts), its parameters, the
+effective values of the settings it reads (environment overrides included; values of keys that may hold
+credentials only as a digest), and the content of its upstream products. Outputs, metadata and markdown do not
+count, so re-running or re-documenting a notebook does not invalidate its cache.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from pathlib import Path
 from notebench.pipeline.notebooks import code_digest, notebook_imports
 from notebench.pipeline.notebooks import parse_python as _parse
 
-__all__ = ["Fingerprint", "file_digest", "module_digests", "path_digest"]
+__all__ = ["Fingerprint", "file_digest", "is_secret", "module_digests", "path_digest", "setting_values"]
+
+SECRET_WORDS = ("uri", "token", "password", "secret", "credential")  # a key named so may hold credentials
+HIDDEN = "(value hidden: it may hold credentials)"
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -96,6 +101,24 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def is_secret(name: str) -> bool:
+    """Whether setting `name` ("section.key") may hold credentials (tracking.uri, registry.uri, serving.token)."""
+    key = name.rsplit(".", 1)[-1]
+    return any(word in key for word in SECRET_WORDS)
+
+
+def setting_values(settings, names) -> dict:
+    """{"section.key": effective value} of `settings` for `names`; a secret's value only as "sha256:<16 hex>"."""
+    out = {}
+    for name in sorted(set(names)):
+        section, key = name.split(".", 1)
+        value = settings.value(section, key)
+        if is_secret(name):
+            value = "sha256:" + hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
+        out[name] = json.loads(_canonical(value))
+    return out
+
+
 @dataclass
 class Fingerprint:
     """What a step's products depend on, part by part."""
@@ -104,17 +127,21 @@ class Fingerprint:
     modules: dict[str, str] = field(default_factory=dict)  # package module -> digest
     parameters: dict = field(default_factory=dict)  # the user parameters, as given
     upstream: dict[str, str] = field(default_factory=dict)  # upstream product -> content digest
+    settings: dict = field(default_factory=dict)  # "section.key" -> effective value (see `setting_values`)
 
     @classmethod
     def of(cls, nb: dict, roots: list[Path], parameters: dict, upstream: dict[str, str],
-           seeds: set[str] = frozenset()) -> Fingerprint:
-        """The fingerprint of a notebook run with `parameters` on upstream products of the given digests.
+           seeds: set[str] = frozenset(), settings: dict | None = None) -> Fingerprint:
+        """The fingerprint of a notebook run with `parameters` and `settings` on upstream products of the given
+        digests.
 
         `roots` are the package folders whose modules count (the engine's and the use case's); `seeds` are modules
-        the step depends on without importing them by name (the use-case contract's module)."""
+        the step depends on without importing them by name (the use-case contract's module); `settings` are the
+        values `setting_values` gives for the settings the step reads."""
         imported = set().union(*(notebook_imports(nb, root.name) for root in roots))
         modules = module_digests(imported | set(seeds), roots)
-        return cls(code_digest(nb), modules, json.loads(_canonical(parameters)), dict(sorted(upstream.items())))
+        return cls(code_digest(nb), modules, json.loads(_canonical(parameters)), dict(sorted(upstream.items())),
+                   json.loads(_canonical(dict(sorted((settings or {}).items())))))
 
     @property
     def digest(self) -> str:
@@ -137,6 +164,7 @@ class Fingerprint:
             before, after = old.get("parameters", {}).get(key, "<unset>"), self.parameters.get(key, "<unset>")
             if before != after:
                 reasons.append(f"parameter {key} changed: {before!r} -> {after!r}")
+        reasons += _setting_changes(old.get("settings", {}), self.settings)
         inputs = {"added": [], "changed": [], "removed": []}
         for prod in sorted(set(old.get("upstream", {})) | set(self.upstream)):
             before, after = old.get("upstream", {}).get(prod), self.upstream.get(prod)
@@ -151,3 +179,23 @@ class Fingerprint:
                 more = f" and {len(files) - 2} more" if len(files) > 2 else ""
                 reasons.append(f"input {change}: {', '.join(files[:2])}{more}")
         return reasons
+
+
+def _setting_changes(old: dict, new: dict) -> list[str]:
+    """Reasons naming each setting whose value changed, that is now read, or no longer read (secrets hidden)."""
+    reasons = []
+    for name in sorted(set(old) | set(new)):
+        before, after = (_shown(name, part.get(name)) for part in (old, new))
+        if name not in old:
+            reasons.append(f"setting {name} now read: {after}")
+        elif name not in new:
+            reasons.append(f"setting {name} no longer read (was {before})")
+        elif old[name] != new[name]:
+            reasons.append(f"setting {name} changed {HIDDEN}" if is_secret(name)
+                           else f"setting {name} changed: {before} -> {after}")
+    return reasons
+
+
+def _shown(name: str, value) -> str:
+    """A setting's value as `--explain` shows it: repr, or a notice for a secret."""
+    return HIDDEN if is_secret(name) else repr(value)

@@ -4,8 +4,7 @@ A step notebook pays ~0.75 s to start a kernel and ~3.4 s of CPU to import panda
 cores, starting kernels ahead of time cannot hide six times that. So the imports are paid once:
 
 - `KernelPool.start()` spawns the **server** (`python -m notebench.pipeline.kernels serve`), which imports the
-  configured
-  modules and ipykernel's machinery, then listens on a Unix socket in a private folder.
+  configured modules and ipykernel's machinery, then listens on a Unix socket in a private folder.
 - `KernelPool.papermill_kwargs()` hands papermill a jupyter_client kernel manager whose kernelspec lives in memory
   (no kernelspec folder is written, no `JUPYTER_PATH` is changed) and whose **provisioner** (jupyter_client's
   extension point for "how a kernel process is made") asks the server for a kernel instead of running a command.

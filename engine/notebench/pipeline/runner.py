@@ -3,8 +3,8 @@
 `run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the kernel pool and
 the lineage sidecar → run ready steps on the executor → commit each step's products atomically → stop at the
 first failure, keeping its executed notebook → record the run. A step is skipped when its products exist
-and its fingerprint (code, modules, parameters, upstream products) is unchanged, so a run after a failure
-resumes where the last one stopped.
+and its fingerprint (code, modules, parameters, the settings it reads, upstream products) is unchanged, so a run
+after a failure resumes where the last one stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from notebench import __version__
 from notebench.errors import NotebenchError, StepFailed
 from notebench.imports import defer_iri_grammar
-from notebench.pipeline.cache import Fingerprint, path_digest
+from notebench.pipeline.cache import Fingerprint, path_digest, setting_values
 from notebench.pipeline.executors import get_executor, wait_any
 from notebench.pipeline.lineage import LineageClient, now_ms, published_id
 from notebench.pipeline.notebooks import read_notebook
@@ -99,7 +99,10 @@ def _fingerprint(spec, step, store, ws, opts) -> Fingerprint | None:
     params = {k: _literal(v) for k, v in step.declared.items() if k not in INJECTED}  # the notebook's defaults
     params.update(spec.step_parameters(step, opts.parameters))
     roots, seeds = _code_roots(ws)
-    return Fingerprint.of(read_notebook(step.notebook), roots, params, digests, seeds)
+    # the settings the step reads (the spec's and the notebook's) as the kernel will see them: the kernel inherits
+    # this process's environment, NOTEBENCH_<SECTION>_<KEY> overrides included; every step reads the use case
+    settings = setting_values(ws.settings, {*step.reads, "use_case.object"})
+    return Fingerprint.of(read_notebook(step.notebook), roots, params, digests, seeds, settings)
 
 
 def _code_roots(ws) -> tuple[list[Path], set[str]]:
@@ -322,7 +325,9 @@ class _Run:
         return git_info(self.ws.settings.root)
 
     def _kernel_env(self) -> dict[str, str]:
-        env = self.ws.mlflow_env()
+        """A step kernel's variables: MLflow's, and the run's settings file (a pipeline folder outside the project
+        would find none, or another one, from its own working directory; `step.use_case` reads it)."""
+        env = {**self.ws.mlflow_env(), "NOTEBENCH_SETTINGS": str(self.ws.settings.file)}
         if self.release:
             from notebench.release.environments import run_variables
 

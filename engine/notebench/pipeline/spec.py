@@ -3,22 +3,30 @@
 Every check runs before anything executes, and each failure is a `SpecError` naming the file, the step and
 the fix. The runner injects three parameters into a step's notebook when its `parameters` cell declares them:
 `upstream` ({step: {product: path}}), `products` ({product: path to write}) and `context` (the run's ids).
+
+The settings a step reads are part of its cache key (`StepSpec.reads`): those its `settings:` entry declares
+(`section.key`, or `section` for all its keys) and those its notebook reads literally, `.value("section", "key")`,
+`.path(...)`, `settings["section"]["key"]` (a read whose key is not a literal counts as its whole section, unless
+the step declares keys of that section: then the declaration says which).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from notebench.errors import SpecError
-from notebench.pipeline.notebooks import declared_parameters, read_notebook
+from notebench.pipeline.notebooks import declared_parameters, parse_python, read_notebook
+from notebench.settings import SCHEMA
 
-__all__ = ["INJECTED", "PipelineSpec", "StepSpec", "load_spec", "find_pipeline"]
+__all__ = ["INJECTED", "PipelineSpec", "StepSpec", "load_spec", "find_pipeline", "settings_read"]
 
 INJECTED = ("upstream", "products", "context")  # parameters the runner fills in
-STEP_KEYS = {"notebook", "upstream", "parameters", "products", "inputs", "timeout", "retries", "description"}
+STEP_KEYS = {"notebook", "upstream", "parameters", "products", "inputs", "settings", "timeout", "retries",
+             "description"}
 TOP_KEYS = {"description", "parameters", "steps"}
 
 
@@ -35,6 +43,8 @@ class StepSpec:
     timeout: int | None = None  # seconds; None: [pipeline] timeout
     retries: int | None = None  # None: [pipeline] retries
     declared: dict[str, str] = field(default_factory=dict)  # names in the notebook's parameters cell
+    settings: list[str] = field(default_factory=list)  # the spec's `settings:` entries: "section" or "section.key"
+    reads: list[str] = field(default_factory=list)  # every "section.key" the step reads: declared, then scanned
 
 
 @dataclass
@@ -151,10 +161,86 @@ def _parse_step(name: str, raw, file: Path) -> StepSpec:
     parameters = raw.get("parameters") or {}
     if not isinstance(products, dict) or not isinstance(parameters, dict):
         raise SpecError("'products' and 'parameters' must be mappings", file=file, step=name)
+    settings = raw.get("settings") or []
+    settings = [settings] if isinstance(settings, str) else settings
+    if not isinstance(settings, list) or not all(isinstance(e, str) for e in settings):
+        raise SpecError(f"'settings' must be a list of settings names, not {settings!r}", file=file, step=name,
+                        fix="write e.g. settings: [training.holdout_days, gates] (a section stands for all its keys)")
+    for entry in settings:
+        _check_setting(entry, file, name)
     return StepSpec(name=name, notebook=(file.parent / raw["notebook"]).resolve(), upstream=upstream,
                     parameters=parameters, products={str(k): str(v) for k, v in products.items()},
                     inputs=[raw["inputs"]] if isinstance(raw.get("inputs"), str) else list(raw.get("inputs") or []),
-                    timeout=raw.get("timeout"), retries=raw.get("retries"))
+                    settings=list(settings), timeout=raw.get("timeout"), retries=raw.get("retries"))
+
+
+def _check_setting(entry: str, file: Path, step: str, where: str = "'settings' entry") -> None:
+    """Refuse a settings name ("section" or "section.key") that settings.ini has no section or key for."""
+    section, _, key = entry.partition(".")
+    if section not in SCHEMA:
+        raise SpecError(f"{where} '{entry}': no settings section [{section}]{_suggest(section, SCHEMA)}", file=file,
+                        step=step, fix=f"use a section of settings.ini: {', '.join(SCHEMA)}")
+    if key and key not in SCHEMA[section]:
+        raise SpecError(f"{where} '{entry}': [{section}] has no key '{key}'{_suggest(key, SCHEMA[section])}",
+                        file=file, step=step, fix=f"use one of {', '.join(f'{section}.{k}' for k in SCHEMA[section])}"
+                                                  f", or '{section}' for all of them")
+
+
+def _literal(node) -> str | None:
+    """The string a node spells literally, else None."""
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _is_settings(node) -> bool:
+    """`settings` or `<anything>.settings`: what a `[...]` read of a settings section is taken from."""
+    return (isinstance(node, ast.Name) and node.id == "settings") or \
+        (isinstance(node, ast.Attribute) and node.attr == "settings")
+
+
+def settings_read(nb: dict) -> set[tuple[str, str | None]]:
+    """(section, key) of every setting a notebook's code cells read literally; key None: a key not written literally.
+
+    Reads are `<x>.value("section", "key")` and `<x>.path(...)` with a settings section as first argument, and
+    `settings["section"]["key"]` / `<x>.settings["section"]` (the whole section)."""
+    found: set[tuple[str, str | None]] = set()
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell.get("source"), list) else cell.get("source", "")
+        try:
+            tree = parse_python("\n".join(ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        except SyntaxError:
+            continue
+        keyed: set[int] = set()  # section subscripts read with a literal key
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
+                    and node.func.attr in ("value", "path") and _literal(node.args[0]) in SCHEMA:
+                found.add((node.args[0].value, _literal(node.args[1]) if len(node.args) > 1 else None))
+            elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Subscript) \
+                    and _is_settings(node.value.value) and _literal(node.value.slice) in SCHEMA:
+                keyed.add(id(node.value))
+                found.add((node.value.slice.value, _literal(node.slice)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Subscript) and id(node) not in keyed and _is_settings(node.value) \
+                    and _literal(node.slice) in SCHEMA:
+                found.add((node.slice.value, None))
+    return found
+
+
+def _step_reads(step: StepSpec, nb: dict, file: Path) -> list[str]:
+    """Every "section.key" the step reads: its `settings:` entries, plus what its notebook reads literally."""
+    declared: dict[str, set[str]] = {}
+    for entry in step.settings:
+        section, _, key = entry.partition(".")
+        declared.setdefault(section, set()).update([key] if key else SCHEMA[section])
+    reads = {f"{s}.{k}" for s, keys in declared.items() for k in keys}
+    for section, key in sorted(settings_read(nb), key=str):
+        if key is not None:
+            _check_setting(f"{section}.{key}", file, step.name, where=f"{step.notebook.name} reads setting")
+            reads.add(f"{section}.{key}")
+        elif section not in declared:  # a computed key: all of the section, unless the spec says which keys
+            reads.update(f"{section}.{k}" for k in SCHEMA[section])
+    return sorted(reads)
 
 
 def _check_notebook(step: StepSpec, pipeline_params: dict, file: Path) -> None:
@@ -162,7 +248,9 @@ def _check_notebook(step: StepSpec, pipeline_params: dict, file: Path) -> None:
         others = [p.name for p in step.notebook.parent.glob("*.ipynb")]
         raise SpecError(f"unknown notebook '{step.notebook.name}'{_suggest(step.notebook.name, others)}",
                         file=file, step=step.name, fix=f"create {step.notebook} or fix the 'notebook' entry")
-    declared = declared_parameters(read_notebook(step.notebook))
+    nb = read_notebook(step.notebook)
+    step.reads = _step_reads(step, nb, file)
+    declared = declared_parameters(nb)
     if declared is None:
         raise SpecError(f"notebook {step.notebook.name} has no cell tagged 'parameters'", file=file, step=step.name,
                         fix="tag the cell holding the step's parameters with 'parameters' (papermill's convention)")
