@@ -196,7 +196,8 @@ def _say_plan(project: Project, say) -> None:
     for col, why in roles.left_out.items():
         say(f"  {'left out':<12} {col}: {why}")
     say(f"Batches: {len(land_.names)} {land_.period}s; the first {land_.n_train} train the first model (holdout "
-        f"{land_.holdout_days} days), the last {len(land_.replay)} are replayed by `make demo`")
+        f"{land_.holdout_days} day{'s' * (land_.holdout_days != 1)}), the last {len(land_.replay)} are replayed by "
+        "`make demo`")
 
 
 def _say_written(project: Project, dest: Path, source: str, engine: dict, locked: bool, git: str, seconds: float,
