@@ -7,7 +7,8 @@ naming the file, when
 - the template renders anything else than those files and its `.jinja` files (a test, the engine, the reference use
   case leaking into new projects);
 - a `.jinja` file stands for a shared file (`Makefile.jinja`, `ci/check.jinja`, ...): a second copy that could drift;
-- a tracked file elsewhere in this repository has the same content as a shared file (a copy kept by hand);
+- a tracked file elsewhere in this repository has the same content as a shared file (a copy kept by hand; a project
+  inside this repository, such as an example, links the shared files instead);
 - the rendered settings.ini does not hold exactly this repository's settings keys.
 """
 
@@ -24,7 +25,10 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ("Makefile", ".gitignore", "ci/", ".github/", "dashboards/", "notebooks/pipelines/")  # copied as they are
+sys.path.insert(0, str(ROOT / "engine"))
+from notebench.new.template import SHARED as _SHARED  # noqa: E402 - the list `notebench new` links in an example
+
+SHARED = tuple(f"{n}/" if (ROOT / n).is_dir() else n for n in _SHARED)  # copied into a new project as they are
 RENDERED = {"pyproject.toml", "settings.ini", "README.md", "tests/test_project.py", ".copier-answers.yml"}  # .jinja
 
 
@@ -32,7 +36,8 @@ def tracked() -> list[str]:
     """This repository's files (tracked or new, not ignored), relative to its root."""
     out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    return sorted(n for n in out.split("\0") if n and (ROOT / n).is_file())
+    return sorted(n for n in out.split("\0") if n and (ROOT / n).is_file()
+                  and (ROOT / n).resolve() == (ROOT / n).absolute())  # not reached through a link
 
 
 def is_shared(name: str) -> bool:

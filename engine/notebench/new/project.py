@@ -32,7 +32,7 @@ from notebench.new.landing import Landing, land, write_batches
 from notebench.new.notebooks import write_notebooks
 from notebench.new.schema import categories
 from notebench.new.sources import Files, find_files, read_all
-from notebench.new.template import engine_answers, git_commit, lock, render
+from notebench.new.template import engine_answers, git_commit, inside, link_shared, lock, render
 
 __all__ = ["Project", "create_project", "project_name"]
 
@@ -144,6 +144,8 @@ def create_project(dest: Path, data: Path, options: Options | None = None, *, la
     try:
         engine_spec = engine_answers(engine, engine_from, dest, staging)
         source = render(template, staging, _answers(project, engine_spec), dest)
+        if inside(dest, source):
+            link_shared(staging, Path(source), dest)
         land_, roles = project.landing, project.roles
         write_batches(land_, roles, staging / "data" / "batches")
         write_batches(land_, roles, staging / "data" / "sample", rows=land_.sample)

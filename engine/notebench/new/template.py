@@ -22,9 +22,12 @@ from pathlib import Path
 from notebench import __version__
 from notebench.new.errors import NewProjectError
 
-__all__ = ["ENGINES", "engine_answers", "find_uv", "git_commit", "lock", "render", "source_checkout"]
+__all__ = ["ENGINES", "SHARED", "engine_answers", "find_uv", "git_commit", "link_shared", "lock", "render",
+           "source_checkout"]
 
 ENGINES = ("path", "wheel", "index")
+# what every project shares with the template, copied as it is (copier.yml's allow-list, less the .jinja files)
+SHARED = ("Makefile", ".gitignore", "ci", ".github", "dashboards", "notebooks/pipelines")
 
 
 def source_checkout() -> Path | None:
@@ -103,7 +106,7 @@ def render(template: str | None, staging: Path, answers: dict, dest: Path | None
         if not (Path(source) / "copier.yml").is_file():
             raise NewProjectError(f"--template {source}: no copier.yml there; name a Notebench checkout")
     src, cwd = source, Path.cwd()
-    if dest is not None and Path(source).is_dir() and dest.is_relative_to(source):
+    if dest is not None and inside(dest, source):
         src, cwd = os.path.relpath(source, dest), staging  # staging is a sibling of dest: the same depth
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.chdir(cwd):
         warnings.simplefilter("ignore")  # "dirty template changes included", "no git tags found"
@@ -114,6 +117,32 @@ def render(template: str | None, staging: Path, answers: dict, dest: Path | None
             raise NewProjectError(f"copier could not render the template {source}: {type(exc).__name__}: {exc}") \
                 from exc
     return source
+
+
+def link_shared(staging: Path, source: Path, dest: Path) -> None:
+    """In a project inside the template's own folder, the shared files as links to the template's (no second copy).
+
+    Such a project (an example of the repository) is part of the template's repository: it takes the template's
+    changes with it, and keeps no copier answers file (copier would read it as the template's own)."""
+    for name in SHARED:
+        if name == ".gitignore":  # git reads no .gitignore through a link: a few lines of this project's own
+            (staging / name).write_text("# a project inside the template's repository, whose .gitignore covers the "
+                                        "rest: its runtime state and builds\n/.notebench/\n/.venv/\n/.tools/\n"
+                                        "/dist/\n/build/\n")
+            continue
+        made = staging / name
+        if made.is_dir() and not made.is_symlink():
+            shutil.rmtree(made)
+        elif made.exists() or made.is_symlink():
+            made.unlink()
+        made.parent.mkdir(parents=True, exist_ok=True)
+        made.symlink_to(os.path.relpath(source / name, (dest / name).parent))
+    (staging / ".copier-answers.yml").unlink(missing_ok=True)
+
+
+def inside(dest: Path, source: str) -> bool:
+    """True when the project is made inside the template's own folder."""
+    return Path(source).is_dir() and dest.is_relative_to(Path(source).resolve())
 
 
 def lock(project: Path, seed: Path | None = None) -> None:
