@@ -10,7 +10,7 @@ the reference profile that version was trained with:
 | `dataset_drift` | window | share of drifting features | share >= `drift_share` |
 | `prediction_drift` | window | the same tests on the `prediction` column | as `drift` |
 | `data_quality` | feature | null-rate rise, share out of range, share of unseen categories | > `quality_share` |
-| `quality` | labelled window | primary metric, accuracy, Brier, calibration | worse than holdout by > `max_auc_drop` |
+| `quality` | labelled window | the primary metric and the task's key ones | worse than holdout by > `max_metric_drop` |
 
 (Numeric features get KS and Wasserstein, categorical ones chi-squared on a contingency table and Jensen–Shannon.)
 
@@ -278,7 +278,7 @@ class Thresholds:
     drift_share: float
     small_sample: int
     min_labels: int
-    max_auc_drop: float
+    max_metric_drop: float
     quality_share: float
 
     @classmethod
@@ -436,11 +436,11 @@ def _quality_result(ref: dict, labelled, th: Thresholds, metric: tuple[str, str,
         return [_row("quality", "", "none", None, None, False, labels=len(y), note=note)], {**summary, "note": note}
     value = m[name]
     worse = (lambda a, b: a < b) if maximize else (lambda a, b: a > b)
-    bound = None if holdout is None else holdout - th.max_auc_drop if maximize else holdout + th.max_auc_drop
+    bound = None if holdout is None else holdout - th.max_metric_drop if maximize else holdout + th.max_metric_drop
     decayed = bound is not None and not math.isnan(value) and worse(value, bound)
     drop = None if holdout is None or math.isnan(value) else (holdout - value) * (1 if maximize else -1)
     reason = (f"model quality: live {name} {value:.4f} on {len(y)} labels is {drop:.4f} "
-              f"{'below' if maximize else 'above'} the holdout's {holdout:.4f} (allowed {th.max_auc_drop:.4f})"
+              f"{'below' if maximize else 'above'} the holdout's {holdout:.4f} (allowed {th.max_metric_drop:.4f})"
               if decayed else "")
     note = (f"one class only among the labels: {name} undefined" if math.isnan(value)
             else f"no holdout {name} recorded on the version: nothing to compare with" if holdout is None else "")
