@@ -72,6 +72,6 @@ def search_space(trial, # an optuna trial
 USE_CASE = UseCase(name="sensor_hours", description="how many hours until a device fails, from a reading?",
                    entities=[ENTITY], timestamp=TIMESTAMP, target=TARGET, task="regression",
                    labels="in_batches", label_delay_days=LABEL_DELAY_DAYS,
-                   schema=HOURS_SCHEMA, numeric=NUMERIC, categorical=CATEGORICAL,
+                   schema=HOURS_SCHEMA, numeric=NUMERIC, categorical=CATEGORICAL, segments=["line"],
                    make_model=partial(default_model, "regression", NUMERIC, CATEGORICAL), search_space=search_space,
                    sample=sample, simulate=simulate)
