@@ -201,3 +201,15 @@ def test_the_default_model_fits_any_task_with_unseen_missing_and_many_categories
         assert np.corrcoef(model.predict(frame), target)[0, 1] > .9
     with pytest.raises(ValueError, match=re.escape("task 'ranking'")):
         default_model("ranking", ["x"], [])
+
+
+def test_check_wants_numbers_for_a_regression_and_takes_three_classes_for_a_multiclass():
+    from notebench.check import target_problems
+
+    regression = load_use_case(reference="fixture_lib.regression:USE_CASE")
+    words = pd.DataFrame({regression.target: ["long", "short", "long"]})
+    (problem,) = target_problems(regression, words)
+    assert "task = 'regression' needs numbers" in problem and "'long', 'short'" in problem
+    assert target_problems(regression, pd.DataFrame({regression.target: [3.5, 120.0]})) == []
+    multiclass = load_use_case(reference="fixture_lib.multiclass:USE_CASE")
+    assert target_problems(multiclass, pd.DataFrame({multiclass.target: ["ok", "failed", "degraded"]})) == []
