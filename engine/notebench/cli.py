@@ -314,14 +314,18 @@ def cmd_models(args) -> int:
 
         print(json.dumps(rows, indent=1, default=str))
         return 0
+    from notebench.usecase import primary_metric
+
+    metric = primary_metric(ws.settings)[1]  # the use case's primary metric, by name
+    width = max(len(metric), 8)
     print(f"{name}  ({ws.registry_uri})")
-    print(f"{'version':>7}  {'aliases':<20} {'blessed':<8} {'auc':>6}  {'created':<20} reasons")
+    print(f"{'version':>7}  {'aliases':<20} {'blessed':<8} {metric:>{width}}  {'created':<20} reasons")
     for r in rows:
         blessed = {True: "yes", False: "NO", None: "?"}[r["blessed"]]
-        auc = r["metrics"].get("auc")
+        value = r["metrics"].get(metric)
         reasons = "; ".join(r["reasons"])
         print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {blessed:<8} "
-              f"{auc if auc is None else f'{auc:.3f}':>6}  {(r['created'] or '')[:19]:<20} "
+              f"{'-' if value is None else f'{value:.4g}':>{width}}  {(r['created'] or '')[:19]:<20} "
               f"{reasons[:100] + ('...' if len(reasons) > 100 else '')}")
     return 0
 
