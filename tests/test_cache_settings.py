@@ -24,14 +24,14 @@ READ = "from notebench.workspace import Workspace\nsettings = Workspace().settin
 
 
 def steps() -> dict:
-    """split reads training.holdout_days literally (undeclared); gate declares gates.min_auc and reads it through a
-    computed key; other reads no setting; after is downstream of gate only."""
+    """split reads training.holdout_days literally (undeclared); gate declares gates.data_skew_distance and reads it
+    through a computed key; other reads no setting; after is downstream of gate only."""
     return {
         "split": {"products": {"split": "split.txt"},
                   "body": READ + "days = settings.value('training', 'holdout_days')\n"
                           + WRITE.format(product="split", text="f'holdout {days}'")},
-        "gate": {"upstream": ["split"], "settings": ["gates.min_auc"], "products": {"gate": "gate.txt"},
-                 "body": READ + "key = 'min' + '_auc'\nbar = settings.value('gates', key)\n"
+        "gate": {"upstream": ["split"], "settings": ["gates.data_skew_distance"], "products": {"gate": "gate.txt"},
+                 "body": READ + "key = 'data_skew' + '_distance'\nbar = settings.value('gates', key)\n"
                          + WRITE.format(product="gate", text="pathlib.Path(step.input('split')).read_text()"
                                                              " + f' bar {bar}'")},
         "other": {"products": {"other": "other.txt"}, "body": WRITE.format(product="other", text="'constant'")},
@@ -65,13 +65,13 @@ def product(ws: Path, pipeline: str, step: str) -> str:
 def test_a_changed_setting_reruns_exactly_the_steps_reading_it_and_their_downstream(light, tmp_path, monkeypatch):
     spec = make_pipeline(tmp_path / "sp", steps())
     base = load_settings()
-    days, bar = base.value("training", "holdout_days"), base.value("gates", "min_auc")
+    days, bar = base.value("training", "holdout_days"), base.value("gates", "data_skew_distance")
     assert set(run(spec).values()) == {"done"}
     assert product(light, "sp", "after") == f"holdout {days} bar {bar}"
 
-    monkeypatch.setenv("NOTEBENCH_GATES_MIN_AUC", str(bar + 0.05))
+    monkeypatch.setenv("NOTEBENCH_GATES_DATA_SKEW_DISTANCE", str(bar + 0.05))
     now = plan(spec)
-    assert now["gate"] == ("run", [f"setting gates.min_auc changed: {bar!r} -> {bar + 0.05!r}"])
+    assert now["gate"] == ("run", [f"setting gates.data_skew_distance changed: {bar!r} -> {bar + 0.05!r}"])
     assert now["split"][0] == now["other"][0] == "cached"
     assert now["after"] == ("maybe", ["runs if the products of gate change"])
     assert run(spec) == {"split": "cached", "gate": "done", "other": "cached", "after": "done"}
@@ -106,17 +106,17 @@ def test_settings_file_declarations_and_secrets_are_explained(light, tmp_path, m
     assert secret["fingerprint"]["settings"]["serving.port"] == load_settings().value("serving", "port")
 
     # the same change made in a settings file (NOTEBENCH_SETTINGS points at a copy of the project's)
-    bar = load_settings().value("gates", "min_auc")
+    bar = load_settings().value("gates", "data_skew_distance")
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(ROOT / "settings.ini")
-    parser["gates"]["min_auc"] = str(bar + 0.1)
+    parser["gates"]["data_skew_distance"] = str(bar + 0.1)
     edited = tmp_path / "settings.ini"
     with edited.open("w") as f:
         parser.write(f)
     monkeypatch.setenv("NOTEBENCH_SETTINGS", str(edited))
     monkeypatch.setenv("NOTEBENCH_TRACKING_URI", "http://alice:hunter3@mlflow.invalid:5000")
     now = plan(spec)
-    assert now["gate"] == ("run", [f"setting gates.min_auc changed: {bar!r} -> {bar + 0.1!r}"])
+    assert now["gate"] == ("run", [f"setting gates.data_skew_distance changed: {bar!r} -> {bar + 0.1!r}"])
     assert now["secret"] == ("run", ["setting tracking.uri changed (value hidden: it may hold credentials)"])
     assert now["split"][0] == now["other"][0] == "cached"
     monkeypatch.delenv("NOTEBENCH_SETTINGS")
@@ -132,12 +132,14 @@ def test_settings_file_declarations_and_secrets_are_explained(light, tmp_path, m
     assert now["other"] == ("run", [f"setting training.seed now read: {seed!r}"])
     assert now["gate"][0] == "run"
     assert f"setting gates.promotion now read: {load_settings().value('gates', 'promotion')!r}" in now["gate"][1]
-    assert not any("min_auc" in r for r in now["gate"][1])  # still read, unchanged
+    assert not any("data_skew_distance" in r for r in now["gate"][1])  # still read, unchanged
 
 
 @pytest.mark.parametrize(("entry", "message", "fix"), [
     ("gate", "no settings section [gate] (did you mean 'gates'?)", "use a section of settings.ini: workspace,"),
-    ("gates.min_acu", "[gates] has no key 'min_acu' (did you mean 'min_auc'?)", "use one of gates.min_auc,"),
+    ("gates.max_regresion", "[gates] has no key 'max_regresion' (did you mean 'max_regression'?)",
+     "use one of gates.metric_threshold,"),
+    ("gates.min_auc", "[gates] min_auc was renamed", "use gates.metric_threshold"),
 ])
 def test_spec_refuses_unknown_settings_naming_file_step_and_fix(tmp_path, entry, message, fix):
     spec = make_pipeline(tmp_path / "bad", {"only": {"settings": [entry, "training"]}})
@@ -157,8 +159,8 @@ def test_project_pipelines_declare_what_their_notebooks_read():
     reads = {name: set(step.reads) for p in ("training", "monitoring")
              for name, step in load_spec(ROOT / "notebooks" / "pipelines" / p / "pipeline.yaml").steps.items()}
     assert {"training.holdout_days", "training.n_trials", "training.seed", "registry.model_name"} <= reads["train"]
-    assert {"gates.min_auc", "gates.max_regression", "gates.segment_tolerance"} <= reads["validate_model"]
-    assert "gates.promotion" not in reads["validate_model"] and "gates.min_auc" not in reads["train"]
+    assert {"gates.metric_threshold", "gates.max_regression", "gates.segment_tolerance"} <= reads["validate_model"]
+    assert "gates.promotion" not in reads["validate_model"] and "gates.metric_threshold" not in reads["train"]
     assert {"gates.promotion", "gates.deploy_check"} <= reads["register"]
     assert reads["evaluate"] == {"training.seed"} and reads["ingest"] == set()
     assert {"gates.data_null_increase", "monitoring.p_value"} <= reads["validate"]

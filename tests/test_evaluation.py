@@ -133,5 +133,6 @@ def test_primary_score_is_the_contracts_metric_on_labelled_rows(use_case, fitted
     brier = dataclasses.replace(use_case, metric="brier", direction="")
     assert primary_score(brier, model, holdout) == pytest.approx(
         np.mean((positive_scores(model, holdout, use_case.features) - holdout[use_case.target]) ** 2))
-    with pytest.raises(NotImplementedError, match="regression"):
-        primary_score(dataclasses.replace(use_case, task="regression"), model, holdout)
+    scorer = dataclasses.replace(use_case, metric="neg_log_loss", direction="")  # any scikit-learn scorer by name
+    assert scorer.maximize and primary_score(scorer, model, holdout) == pytest.approx(
+        -metrics(holdout[use_case.target], positive_scores(model, holdout, use_case.features))["log_loss"])

@@ -204,7 +204,7 @@ def test_quality_is_judged_on_the_use_cases_primary_metric_in_its_direction(work
         "USE_CASE = dataclasses.replace(SENSORS, metric='brier', direction='')  # the direction follows the metric\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("NOTEBENCH_USE_CASE_OBJECT", "brier_case:USE_CASE")
-    monkeypatch.setenv("NOTEBENCH_MONITORING_MAX_AUC_DROP", "0.01")
+    monkeypatch.setenv("NOTEBENCH_MONITORING_MAX_METRIC_DROP", "0.01")
     rng = np.random.default_rng(7)
     good, bad = sample(world, 1000, 14), sample(world, 1000, 15)
     y_good = (rng.random(1000) < score(good)).astype(int)

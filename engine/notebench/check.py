@@ -203,10 +203,15 @@ def labelled_rows(uc: UseCase, landed: Landed) -> pd.DataFrame | None:
 
 
 def target_problems(uc: UseCase, rows: pd.DataFrame) -> list[str]:
-    """No labelled row at all, a class target with one class, or a binary one with more than two."""
+    """No labelled row at all, a class target with one class, a binary one with more than two, a regression one
+    that is not numeric."""
     if rows.empty:
         return [f"target {uc.target!r}: no labelled rows (no label has arrived yet); land batches whose labels "
                 "are known"]
+    if uc.task == "regression" and not pd.api.types.is_numeric_dtype(rows[uc.target]):
+        values = ", ".join(map(repr, rows[uc.target].drop_duplicates().head(3).tolist()))
+        return [f"target {uc.target!r}: task = 'regression' needs numbers, the labelled rows hold {values}; set "
+                "task = 'multiclass' (or 'binary'), or land numeric labels"]
     if uc.task not in CLASSES:
         return []
     counts = rows[uc.target].value_counts()

@@ -126,9 +126,27 @@ def cmd_lab(args, extra: list[str]) -> int:
 def cmd_demo(args) -> int:
     """Run the closed loop on the demo world, showing each event."""
     from notebench.demo import run_demo
+    from notebench.usecase import load_use_case
 
-    return run_demo(_workspace(), days=args.days, more_days=args.more_days, size=args.size,
+    ws = _workspace()
+    sizes = {"days": 30, "more_days": 8, **load_use_case(ws.settings).extra.get("demo", {})}  # a project's own data
+    return run_demo(ws, days=sizes["days"] if args.days is None else args.days,
+                    more_days=sizes["more_days"] if args.more_days is None else args.more_days, size=args.size,
                     trials=args.trials)
+
+
+def cmd_new(args) -> int:
+    """Make a project from a folder of Parquet or CSV: the use case inferred, the template rendered with copier."""
+    from notebench.new import Options, create_project
+
+    options = Options(target=args.target, entities=tuple(args.entity or ()), timestamp=args.timestamp, task=args.task,
+                      row_id=args.row_id)
+    labels = {"same-batch": "same-batch", "separate": "separate"}.get(args.labels)
+    create_project(Path(args.dir), Path(args.data), options, labels=labels,
+                   label_data=Path(args.label_data) if args.label_data else None, name=args.name, engine=args.engine,
+                   engine_from=args.engine_from, template=args.template, with_lock=not args.no_lock,
+                   with_git=not args.no_git)
+    return 0
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -301,14 +319,18 @@ def cmd_models(args) -> int:
 
         print(json.dumps(rows, indent=1, default=str))
         return 0
+    from notebench.usecase import primary_metric
+
+    metric = primary_metric(ws.settings)[1]  # the use case's primary metric, by name
+    width = max(len(metric), 8)
     print(f"{name}  ({ws.registry_uri})")
-    print(f"{'version':>7}  {'aliases':<20} {'blessed':<8} {'auc':>6}  {'created':<20} reasons")
+    print(f"{'version':>7}  {'aliases':<20} {'blessed':<8} {metric:>{width}}  {'created':<20} reasons")
     for r in rows:
         blessed = {True: "yes", False: "NO", None: "?"}[r["blessed"]]
-        auc = r["metrics"].get("auc")
+        value = r["metrics"].get(metric)
         reasons = "; ".join(r["reasons"])
         print(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<20} {blessed:<8} "
-              f"{auc if auc is None else f'{auc:.3f}':>6}  {(r['created'] or '')[:19]:<20} "
+              f"{'-' if value is None else f'{value:.4g}':>{width}}  {(r['created'] or '')[:19]:<20} "
               f"{reasons[:100] + ('...' if len(reasons) > 100 else '')}")
     return 0
 
@@ -428,12 +450,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole loop: train, serve, replay shifted traffic, monitor, retrain on "
                                        "drift, promote, swap (what `make demo` runs)")
-    demo.add_argument("--days", type=int, default=30, help="days the first champion trains on (default: 30)")
-    demo.add_argument("--more-days", type=int, default=8,
-                      help="days replayed as traffic, then landed (the shift starts on the first; default: 8)")
+    demo.add_argument("--days", type=int, default=None,
+                      help="days the first champion trains on (default: the contract's extra['demo'], else 30)")
+    demo.add_argument("--more-days", type=int, default=None,
+                      help="days replayed as traffic, then landed (the shift starts on the first; default: the "
+                           "contract's extra['demo'], else 8)")
     demo.add_argument("--size", type=int, default=None, help="size of the world (entities; default: the use case's)")
     demo.add_argument("--trials", type=int, default=10, help="tuning trials per training run (default: 10)")
     demo.set_defaults(func=cmd_demo)
+
+    nw = sub.add_parser(
+        "new", help="start a project from a folder of your Parquet or CSV (made with copier; `copier update` later)",
+        description="Start a project from your data: read the Parquet or CSV files at --data, infer the use case (the "
+                    "timestamp, the entities, the target and its task, the features, the pandera schema), and write a "
+                    "project in DIR: pyproject.toml, settings.ini, the Makefile (make demo, make test), ci/, the "
+                    "GitHub workflow, the dashboards, the pipelines, and notebooks/01_data, 02_model, 03_use_case "
+                    "written for the data, with lessons on a sample of it. The earlier batches train the first model; "
+                    "`make demo` replays the later ones. What cannot be inferred is asked for in one message.",
+        epilog="Labels: in the data files (--labels same-batch), or separate label files (entity columns, timestamp, "
+               "target) in DATA/labels/ or at --label-data PATH (--labels separate). Nothing is written when the "
+               "input is refused.")
+    nw.add_argument("dir", help="the project folder to create (new, or empty)")
+    nw.add_argument("--data", required=True, metavar="PATH", help="a Parquet or CSV file, or a folder of them")
+    nw.add_argument("--label-data", metavar="PATH", help="separate label files (a file or folder); default: "
+                                                          "DATA/labels/ when it exists")
+    nw.add_argument("--labels", choices=["same-batch", "separate"],
+                    help="where labels are: a column of the data files, or separate label files (default: separate "
+                         "when label files are found)")
+    nw.add_argument("--target", help="the column the model predicts (default: inferred)")
+    nw.add_argument("--entity", action="append", metavar="COLUMN",
+                    help="a column saying whom a row is about; repeat for several (default: inferred)")
+    nw.add_argument("--row-id", action="store_true", help="the rows are about nothing that recurs: number them "
+                                                          "(entity row_id)")
+    nw.add_argument("--timestamp", help="the column saying when a row was observed (default: the date column)")
+    nw.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the target")
+    nw.add_argument("--name", help="project name (lowercase, digits, _; default: from DIR)")
+    nw.add_argument("--engine", choices=["path", "wheel", "index"],
+                    help="where the project installs the engine from: its source folder (default in a checkout), a "
+                         "wheel file, or a package index (default otherwise)")
+    nw.add_argument("--engine-from", metavar="WHERE",
+                    help="path: the engine folder; wheel: the .whl file (default: built from the checkout); index: "
+                         "the index URL (default: PyPI)")
+    nw.add_argument("--template", help="the project template: a Notebench checkout or its git URL (default: the "
+                                       "checkout this engine runs from)")
+    nw.add_argument("--no-lock", action="store_true", help="do not run `uv lock` in the project")
+    nw.add_argument("--no-git", action="store_true", help="do not make the project a git repository")
+    nw.set_defaults(func=cmd_new)
 
     ck = sub.add_parser(
         "check", help="check the use case and the landed data against it before anything runs (exit 2: problems)",

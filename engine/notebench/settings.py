@@ -66,6 +66,10 @@ def _parse_float(text: str) -> float:
         raise ValueError("expected a number") from None
 
 
+def _parse_optional_float(text: str) -> float | None:
+    return None if not text.strip() else _parse_float(text)
+
+
 def _parse_list(text: str) -> list[str]:
     return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
 
@@ -86,7 +90,7 @@ class Key:
         value = parser(text)
         if self.choices and value not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}")
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and value is not None and value < self.minimum:
             raise ValueError(f"expected a {self.type} of at least {self.minimum:g}")
         return value
 
@@ -96,6 +100,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "path": str.strip,
     "int": _parse_int,
     "float": _parse_float,
+    "float or empty": _parse_optional_float,
     "bool": _parse_bool,
     "list": _parse_list,
 }
@@ -134,9 +139,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "tuning_timeout": _k("int", "600", "seconds the tuner may spend", minimum=1),
     },
     "gates": {
-        "min_auc": _k("float", "0.70", "smallest ROC AUC a model may have on the holdout", minimum=0),
-        "max_regression": _k("float", "0.01", "largest AUC drop against the champion, overall", minimum=0),
-        "segment_tolerance": _k("float", "0.02", "largest AUC drop against the champion on a segment", minimum=0),
+        "metric_threshold": _k("float or empty", "", "the primary metric's absolute threshold on the holdout (a "
+                               "minimum or a maximum, by the use case's direction); empty: none"),
+        "max_regression": _k("float", "0.01", "how much worse than the champion's the primary metric may be, "
+                             "overall (its units)", minimum=0),
+        "segment_tolerance": _k("float", "0.02", "how much worse than the champion's the primary metric may be on "
+                                "a segment (its units)", minimum=0),
         "data_null_increase": _k("float", "0.2", "a feature's null-rate rise over the reference that stops a run",
                                  minimum=0),
         "data_skew_distance": _k("float", "0.1", "distribution distance of new data recorded as skew", minimum=0),
@@ -177,8 +185,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            minimum=1),
         "min_labels": _k("int", "100", "labelled predictions a window needs before its quality is judged",
                          minimum=1),
-        "max_auc_drop": _k("float", "0.05", "quality alert when live AUC falls this far below the holdout's",
-                           minimum=0),
+        "max_metric_drop": _k("float", "0.05", "quality alert when the live primary metric is this much worse "
+                              "than the holdout's (its units, its direction)", minimum=0),
         "quality_share": _k("float", "0.05", "data-quality alert when a feature's null rate rises by more than "
                             "this, or this share of its values is out of the reference range or unseen", minimum=0),
         "settle": _k("float", "10", "seconds a prediction must be old before it is judged (its log segment is "
@@ -207,6 +215,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
 }
 
+
+# keys that were renamed: an old name in a settings file or the environment is refused, naming the new one
+RENAMED: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("gates", "min_auc"): ("gates", "metric_threshold", "the primary metric's absolute threshold, in its units; "
+                           "the use case's direction says whether it is a minimum or a maximum"),
+    ("monitoring", "max_auc_drop"): ("monitoring", "max_metric_drop", "how much worse than the holdout's the live "
+                                     "primary metric may be, in its units"),
+}
 
 # ---------------------------------------------------------------------------------------------------------
 # loading
@@ -299,6 +315,14 @@ def _typed(spec: Key, text: str, *, file, section: str, key: str, origin: str) -
                             file=file, key=f"{section}.{key}", expected=spec.type) from None
 
 
+def _renamed(section: str, key: str, where: str, file: Path) -> SettingsError:
+    """The error for an old key name: where it was found, its new name and what the new key means."""
+    new_section, new_key, meaning = RENAMED[(section, key)]
+    return SettingsError(f"[{section}] {key} ({where}) was renamed: use [{new_section}] {new_key} "
+                         f"({env_name(new_section, new_key)} in the environment): {meaning}",
+                         file=file, key=f"{section}.{key}", expected=f"{new_section}.{new_key}")
+
+
 def _check_env(environ, file: Path) -> None:
     """Refuse a NOTEBENCH_<SECTION>_<KEY> variable whose section exists but whose key does not."""
     for name in environ:
@@ -306,6 +330,8 @@ def _check_env(environ, file: Path) -> None:
             continue
         rest = name[len(ENV_PREFIX):].lower()
         for section, keys in SCHEMA.items():
+            if rest.startswith(section + "_") and (section, rest[len(section) + 1:]) in RENAMED:
+                raise _renamed(section, rest[len(section) + 1:], f"environment variable {name}", file)
             if rest.startswith(section + "_") and rest[len(section) + 1:] not in keys:
                 raise SettingsError(
                     f"environment variable {name} names no key of [{section}]; known keys: {', '.join(keys)}",
@@ -321,6 +347,8 @@ def _check_sections(raw: dict[str, dict[str, str]], path: Path) -> None:
             raise SettingsError(f"unknown section [{section}]; known sections: {', '.join(SCHEMA)}, and "
                                 "[environments.<name>] for each of [environments] names", file=path, key=section)
         for key in keys:
+            if (section, key) in RENAMED:
+                raise _renamed(section, key, "in the settings file", path)
             if key not in SCHEMA[section]:
                 raise SettingsError(f"unknown key {key!r} in [{section}]; known keys: {', '.join(SCHEMA[section])}",
                                     file=path, key=f"{section}.{key}")

@@ -28,7 +28,8 @@ from typing import Any
 
 from notebench.errors import UseCaseError
 
-__all__ = ["DIRECTIONS", "LABEL_LAYOUTS", "METRICS", "TASKS", "UseCase", "load_use_case", "use_case_module"]
+__all__ = ["DIRECTIONS", "LABEL_LAYOUTS", "METRICS", "TASKS", "TASK_METRICS", "UseCase", "is_scorer",
+           "load_use_case", "metric_direction", "primary_metric", "use_case_module"]
 
 TASKS = ("binary", "multiclass", "regression")
 LABEL_LAYOUTS = ("separate", "in_batches")
@@ -36,7 +37,32 @@ LABEL_LAYOUTS = ("separate", "in_batches")
 METRICS = {"binary": "auc", "multiclass": "log_loss", "regression": "rmse"}
 DIRECTIONS = {"auc": "maximize", "average_precision": "maximize", "accuracy": "maximize", "f1": "maximize",
               "precision": "maximize", "recall": "maximize", "r2": "maximize", "balanced_accuracy": "maximize",
+              "precision_macro": "maximize", "recall_macro": "maximize", "f1_macro": "maximize",
+              "roc_auc_ovr": "maximize",
               "log_loss": "minimize", "brier": "minimize", "rmse": "minimize", "mae": "minimize", "mape": "minimize"}
+# the metrics `notebench.evaluation` measures for each task (the report's keys; the ones with a direction can gate)
+TASK_METRICS = {
+    "binary": ("n", "positive_rate", "mean_score", "auc", "average_precision", "log_loss", "brier", "accuracy",
+               "precision", "recall", "f1"),
+    "multiclass": ("n", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss",
+                   "roc_auc_ovr"),
+    "regression": ("n", "mean_target", "mean_prediction", "rmse", "mae", "r2", "mape"),
+}
+
+
+def is_scorer(name: str) -> bool:
+    """True when `name` is a scikit-learn scorer (`sklearn.metrics.get_scorer_names()`), e.g. `neg_log_loss`."""
+    from sklearn.metrics import get_scorer_names
+
+    return name in get_scorer_names()
+
+
+def metric_direction(name: str) -> str:
+    """`maximize` or `minimize` for a built-in metric; `maximize` for a scikit-learn scorer (a scorer's value is
+    larger when better: the `neg_` ones negate a loss); empty for anything else."""
+    if name in DIRECTIONS:
+        return DIRECTIONS[name]
+    return "maximize" if name and is_scorer(name) else ""
 
 
 def _names(value) -> tuple[str, ...]:
@@ -61,8 +87,8 @@ class UseCase:
     labels: str = "separate"  # how labels arrive: separate | in_batches (see the module's docstring)
     label_delay_days: int = 0  # days after a row's timestamp until its label is known
     derived: tuple[str, ...] = ()  # names of the features the model derives inside itself (documentation, plots)
-    metric: str = ""  # the primary metric; empty: the task's default (METRICS)
-    direction: str = ""  # maximize | minimize; empty: the metric's (DIRECTIONS)
+    metric: str = ""  # the primary metric: a TASK_METRICS name or a scikit-learn scorer; empty: the task's (METRICS)
+    direction: str = ""  # maximize | minimize; empty: the metric's (`metric_direction`)
     segments: tuple[str, ...] = ()  # categorical columns evaluated separately; may be none
     sample: Callable[[Path], None] | None = None  # writes a small landing area into a folder (lessons, smoke)
     simulate: Callable[..., None] | None = None  # (landing, start_day, days, seed, shift_day) -> lands a world's days
@@ -75,7 +101,7 @@ class UseCase:
         if not self.metric:
             object.__setattr__(self, "metric", METRICS.get(self.task, ""))
         if not self.direction:
-            object.__setattr__(self, "direction", DIRECTIONS.get(self.metric, ""))
+            object.__setattr__(self, "direction", metric_direction(self.metric))
 
     # ------------------------------------------------------------------------------------------------------
     # derived names
@@ -124,8 +150,10 @@ class UseCase:
             out.append(f"labels {self.labels!r}: expected one of {', '.join(LABEL_LAYOUTS)}")
         if not self.entities:
             out.append("entities: name at least one entity key column")
-        if self.task in TASKS and self.metric not in DIRECTIONS:
-            out.append(f"metric {self.metric!r}: expected one of {', '.join(sorted(DIRECTIONS))}")
+        if self.task in TASKS and not self._metric_fits():
+            names = [m for m in TASK_METRICS[self.task] if m in DIRECTIONS]
+            out.append(f"metric {self.metric!r}: not a {self.task} metric; expected one of {', '.join(names)}, or the "
+                       "name of a scikit-learn scorer (sklearn.metrics.get_scorer_names())")
         if self.direction not in ("maximize", "minimize"):
             out.append(f"direction {self.direction!r}: expected maximize or minimize")
         if not isinstance(self.label_delay_days, int) or self.label_delay_days < 0:
@@ -135,6 +163,13 @@ class UseCase:
             if not callable(getattr(self, name)):
                 out.append(f"{name}: expected a function, got {type(getattr(self, name)).__name__}")
         return out
+
+    def _metric_fits(self) -> bool:
+        """The metric is one the task measures with a direction, or a scikit-learn scorer."""
+        builtin = [m for name, names in TASK_METRICS.items() for m in names if m in DIRECTIONS]
+        if self.metric in builtin:
+            return self.metric in TASK_METRICS[self.task]
+        return bool(self.metric) and is_scorer(self.metric)
 
     def _column_problems(self) -> list[str]:
         columns = getattr(self.schema, "columns", None)
@@ -187,3 +222,11 @@ def load_use_case(settings=None, reference: str | None = None) -> UseCase:
     return found
 
 
+def primary_metric(settings=None) -> tuple[str, str, bool]:
+    """(task, primary metric, larger is better) of the settings' use case; a binary task's defaults when the use
+    case cannot be loaded (e.g. where the dashboards run without the project installed)."""
+    try:
+        uc = load_use_case(settings)
+    except UseCaseError:
+        return "binary", METRICS["binary"], DIRECTIONS[METRICS["binary"]] == "maximize"
+    return uc.task, uc.metric, uc.maximize

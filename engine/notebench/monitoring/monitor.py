@@ -10,7 +10,7 @@ the reference profile that version was trained with:
 | `dataset_drift` | window | share of drifting features | share >= `drift_share` |
 | `prediction_drift` | window | the same tests on the `prediction` column | as `drift` |
 | `data_quality` | feature | null-rate rise, share out of range, share of unseen categories | > `quality_share` |
-| `quality` | labelled window | primary metric, accuracy, Brier, calibration | worse than holdout by > `max_auc_drop` |
+| `quality` | labelled window | the primary metric and the task's key ones | worse than holdout by > `max_metric_drop` |
 
 (Numeric features get KS and Wasserstein, categorical ones chi-squared on a contingency table and Jensen–Shannon.)
 
@@ -23,7 +23,17 @@ at training time, so a window costs one pass over its own rows and never touches
 Labels arrive later than predictions, so model quality is judged separately from drift: a window waits until at
 least `min_labels` of its rows are labelled and either all are or no new label arrived for it since the previous
 pass; then it is judged once, on the use case's primary metric (`UseCase.metric`, in its direction) against the one
-the version's holdout recorded (binary use cases: the metrics of `notebench.evaluation.metrics`).
+the version's holdout recorded (its registry tag), with the task's own metrics beside it (`notebench.evaluation`):
+
+- binary: the positive class's probability (the log's `prediction`); accuracy, Brier and calibration-in-the-large
+  beside the primary metric; prediction drift on the probability;
+- multiclass: the class probabilities (the log's `output_<i>`, in the order of the reference's `classes`); accuracy
+  and log loss beside it; prediction drift on the predicted class's distribution;
+- regression: the predicted value (`prediction`); RMSE, MAE and the bias (mean prediction - mean label) beside it;
+  prediction drift on the value.
+
+Multiclass labels are matched with the classes as text (a label `2.0` is the class `2`); a label that is no class of
+the version is left out of the window's quality, and counted.
 
 Where results live, and why SQLite. `<workspace>/monitoring/monitoring.db` holds one row per (window, check,
 feature) (`read_results`), the windows, and the per-version watermark of the last judged row. Results and the
@@ -278,7 +288,7 @@ class Thresholds:
     drift_share: float
     small_sample: int
     min_labels: int
-    max_auc_drop: float
+    max_metric_drop: float
     quality_share: float
 
     @classmethod
@@ -327,30 +337,80 @@ def _quality_rows(comparison: dict, th: Thresholds) -> list[dict]:
     return rows
 
 
-def _prediction_row(ref: dict, predictions, th: Thresholds, ws) -> dict:
-    """Prediction drift against the profile's `prediction` entry, else against the version's first window."""
+def _classes(ref: dict) -> list[str] | None:
+    """A multiclass version's classes as text, in the order of its probability columns (None for other tasks)."""
+    classes = ref["profile"].get("classes")
+    return [_class_key(c) for c in classes] if classes else None
+
+
+def _class_key(value) -> str:
+    """A class label as text, the same whether it came as a number or as text (`2.0` and `2` are the class `2`)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _class_probabilities(ref: dict, rows):
+    """A multiclass window's logged class probabilities (rows x classes), or None when the log holds none."""
     import numpy as np
 
-    from notebench.monitoring.drift import array_drift, profile
+    k = len(_classes(ref) or [])
+    columns = [f"output_{i}" for i in range(k)]
+    if k and all(c in rows for c in columns):
+        return rows[columns].to_numpy(dtype=float, na_value=np.nan)
+    if k == 2 and PREDICTION in rows:  # two classes are logged as the second one's probability
+        p = rows[PREDICTION].to_numpy(dtype=float, na_value=np.nan)
+        return np.column_stack([1 - p, p])
+    return None
+
+
+def _predictions(ref: dict, rows):
+    """The window's predictions as prediction drift judges them: the logged values (binary, regression), or the
+    predicted class of each row as text (multiclass; None where the row has no probabilities)."""
+    import numpy as np
+
+    classes = _classes(ref)
+    if classes is None:
+        return rows[PREDICTION].to_numpy(dtype=float, na_value=np.nan) if PREDICTION in rows else None
+    proba = _class_probabilities(ref, rows)
+    if proba is None:
+        return None
+    known = ~np.isnan(proba).any(axis=1)
+    labels = np.full(len(proba), None, dtype=object)
+    labels[known] = np.asarray(classes, dtype=object)[proba[known].argmax(axis=1)]
+    return labels
+
+
+def _prediction_row(ref: dict, predictions, th: Thresholds, ws) -> dict:
+    """Prediction drift against the profile's `prediction` entry, else against the version's first window; a
+    numeric distribution (probabilities, values) or, for a multiclass version, the predicted classes'."""
+    import numpy as np
+    import pandas as pd
+
+    from notebench.monitoring.drift import array_drift, encode, profile
 
     if predictions is None:
         return _row("prediction_drift", PREDICTION, "none", None, None, False, note="no prediction column")
+    categorical = predictions.dtype == object
     baseline, source = ref["profile"].get(PREDICTION), "reference"
     if baseline is None:
         baseline, source = ref.get("first_window_prediction"), "first window"
     if baseline is None:
-        import pandas as pd
-
         first = pd.DataFrame({PREDICTION: predictions})
-        ref["first_window_prediction"] = profile(first, [PREDICTION], [])["columns"][PREDICTION]
+        kinds = ([], [PREDICTION]) if categorical else ([PREDICTION], [])
+        ref["first_window_prediction"] = profile(first, *kinds)["columns"][PREDICTION]
         if ws is not None:
             atomic_write_json(_reference_file(ws, ref["model_name"], ref["model_version"]), ref)
         return _row("prediction_drift", PREDICTION, "baseline", None, None, False,
                     note="the reference profile holds no prediction distribution: this first window becomes the "
                          "baseline later windows of the version are compared with")
-    d = array_drift(baseline, np.asarray(predictions, dtype=float), th.small_sample, th.p_value, th.distance)
+    if baseline["kind"] == "categorical":
+        values = encode({"columns": {PREDICTION: baseline}}, pd.DataFrame({PREDICTION: predictions}))[PREDICTION]
+    else:
+        values = np.asarray(predictions, dtype=float)
+    d = array_drift(baseline, values, th.small_sample, th.p_value, th.distance)
     return _row("prediction_drift", PREDICTION, d["test"], d.get("score"), d.get("threshold"), d["drift"],
-                baseline=source)
+                baseline=source, **({"on": "predicted class"} if baseline["kind"] == "categorical" else {}))
 
 
 def judge_window(ref: dict, window, th: Thresholds, ws=None, *, arrays: dict | None = None,
@@ -361,8 +421,9 @@ def judge_window(ref: dict, window, th: Thresholds, ws=None, *, arrays: dict | N
 
     if arrays is None:
         arrays = encode(ref["profile"], window)
-        if PREDICTION in window:
-            arrays[PREDICTION] = window[PREDICTION].to_numpy(dtype=float, na_value=float("nan"))
+        predictions = _predictions(ref, window)
+        if predictions is not None:
+            arrays[PREDICTION] = predictions
     comparison = compare_arrays(ref["profile"], arrays, rows, small=th.small_sample, p_value=th.p_value,
                                 distance=th.distance, drift_share=th.drift_share)
     predictions = arrays[PREDICTION][rows or slice(None)] if PREDICTION in arrays else None
@@ -404,54 +465,93 @@ def _alerts_of(rows: list[dict], meta: dict) -> list[Alert]:
 
 def primary_metric(ws) -> tuple[str, str, bool]:
     """(task, primary metric, larger is better) of the workspace's use case; a binary task's defaults without one."""
-    from notebench.errors import UseCaseError
-    from notebench.usecase import DIRECTIONS, METRICS, load_use_case
+    from notebench.usecase import primary_metric as of_settings
 
-    try:
-        uc = load_use_case(ws.settings)
-    except UseCaseError:
-        return "binary", METRICS["binary"], DIRECTIONS[METRICS["binary"]] == "maximize"
-    return uc.task, uc.metric, uc.maximize
+    return of_settings(ws.settings)
+
+
+QUALITY_METRICS = {"binary": ("accuracy", "brier"), "multiclass": ("accuracy", "log_loss"),
+                   "regression": ("rmse", "mae")}  # recorded beside the primary metric, compared with the holdout's
+
+
+def _labelled_outputs(task: str, ref: dict, labelled) -> tuple[object, object, list | None, str, int]:
+    """(labels, predictions, classes, note, left out) of a labelled window as `notebench.evaluation` takes them for
+    `task`; a note says why quality is not defined here (then the rest is None)."""
+    import numpy as np
+
+    y = labelled["label"]
+    if task == "binary":
+        s = labelled[PREDICTION].to_numpy(dtype=float, na_value=np.nan)
+        try:
+            values = y.to_numpy(dtype=float)
+        except (TypeError, ValueError):  # text labels
+            values = np.array([np.nan])
+        if not np.isin(values, (0, 1)).all() or not ((s >= 0) & (s <= 1)).all():
+            return None, None, None, ("labels are not 0/1 or predictions are not probabilities: binary-classification "
+                                      "quality not defined"), 0
+        return values.astype(int), s, None, "", 0
+    if task == "regression":
+        values = np.asarray([v if isinstance(v, int | float) else np.nan for v in y], dtype=float)
+        p = labelled[PREDICTION].to_numpy(dtype=float, na_value=np.nan) if PREDICTION in labelled else None
+        if p is None or not np.isfinite(p).all() or not np.isfinite(values).all():
+            return None, None, None, "labels or predictions are not finite numbers: regression quality not defined", 0
+        return values, p, None, "", 0
+    classes, proba = _classes(ref), _class_probabilities(ref, labelled)
+    if classes is None or proba is None:
+        return None, None, None, ("the log holds no class probabilities of this version (output_<i>) or its "
+                                  "reference no classes: multiclass quality not defined"), 0
+    keys = np.asarray([_class_key(v) for v in y], dtype=object)
+    known = np.isin(keys, classes) & ~np.isnan(proba).any(axis=1)
+    if not known.any():
+        return None, None, None, f"no label is a class of the version ({', '.join(classes)})", int((~known).sum())
+    return keys[known], proba[known], classes, "", int((~known).sum())
 
 
 def _quality_result(ref: dict, labelled, th: Thresholds, metric: tuple[str, str, bool] = ("binary", "auc", True)
                     ) -> tuple[list[dict], dict]:
     """Quality rows of one labelled window: the primary metric against the holdout's (`metric`: task, name, larger
-    is better), accuracy, Brier, calibration-in-the-large."""
-    import numpy as np
+    is better), then the task's own (`QUALITY_METRICS`) and its calibration (binary) or bias (regression)."""
+    import math
 
-    from notebench.evaluation import metrics
+    from notebench.evaluation import task_metrics
 
     task, name, maximize = metric
-    y, s = labelled["label"].to_numpy(), labelled[PREDICTION].to_numpy(dtype=float)
     holdout = ref["holdout"].get(name)
-    summary = {"labels": int(len(y)), "metric": name, "holdout": holdout, f"holdout_{name}": holdout}
-    note = (f"task {task!r}: live quality is judged for binary use cases only" if task != "binary" else
-            "labels are not 0/1 or predictions are not probabilities: binary-classification quality not defined"
-            if not np.isin(y, (0, 1)).all() or not ((s >= 0) & (s <= 1)).all() else "")
-    m = metrics(y.astype(int), s) if not note else {}
-    if not note and name not in m:
-        note = f"the primary metric {name!r} is not one live quality measures ({', '.join(m)})"
+    summary = {"labels": int(len(labelled)), "metric": name, "holdout": holdout, f"holdout_{name}": holdout}
+    y, out, classes, note, unknown = _labelled_outputs(task, ref, labelled)
+    extra = {"unknown_labels": unknown} if unknown else {}
+    m = {}
+    if not note:
+        try:
+            m = task_metrics(task, y, out, classes, extra=(name,))
+        except ValueError as exc:  # a scorer the task's predictions cannot feed
+            note = f"the primary metric {name!r} cannot be measured on the live predictions: {exc}"
     if note:
-        return [_row("quality", "", "none", None, None, False, labels=len(y), note=note)], {**summary, "note": note}
+        return ([_row("quality", "", "none", None, None, False, labels=len(labelled), note=note, **extra)],
+                {**summary, "note": note, **extra})
     value = m[name]
     worse = (lambda a, b: a < b) if maximize else (lambda a, b: a > b)
-    bound = None if holdout is None else holdout - th.max_auc_drop if maximize else holdout + th.max_auc_drop
+    bound = None if holdout is None else holdout - th.max_metric_drop if maximize else holdout + th.max_metric_drop
     decayed = bound is not None and not math.isnan(value) and worse(value, bound)
     drop = None if holdout is None or math.isnan(value) else (holdout - value) * (1 if maximize else -1)
     reason = (f"model quality: live {name} {value:.4f} on {len(y)} labels is {drop:.4f} "
-              f"{'below' if maximize else 'above'} the holdout's {holdout:.4f} (allowed {th.max_auc_drop:.4f})"
+              f"{'below' if maximize else 'above'} the holdout's {holdout:.4f} (allowed {th.max_metric_drop:.4f})"
               if decayed else "")
-    note = (f"one class only among the labels: {name} undefined" if math.isnan(value)
+    note = (f"{name} undefined on these labels (e.g. one class only)" if math.isnan(value)
             else f"no holdout {name} recorded on the version: nothing to compare with" if holdout is None else "")
     rows = [_row("quality", "", name, value, bound, decayed, labels=len(y), holdout=holdout, drop=drop,
-                 reason=reason, **({"note": note} if note else {}))]
-    rows += [_row("quality", "", other, m[other], None, False, holdout=ref["holdout"].get(other))
-             for other in ("accuracy", "brier") if other != name]
-    rows.append(_row("quality", "", "calibration_in_the_large", m["mean_score"] - m["positive_rate"], None, False,
-                     mean_score=m["mean_score"], positive_rate=m["positive_rate"]))
-    return rows, {**summary, "value": _num(value), name: _num(value), "accuracy": m["accuracy"], "brier": m["brier"],
-                  "drop": drop, "alert": decayed}
+                 direction="maximize" if maximize else "minimize", reason=reason, **extra,
+                 **({"note": note} if note else {}))]
+    others = [o for o in QUALITY_METRICS[task] if o != name]
+    rows += [_row("quality", "", other, m[other], None, False, holdout=ref["holdout"].get(other)) for other in others]
+    if task == "binary":
+        rows.append(_row("quality", "", "calibration_in_the_large", m["mean_score"] - m["positive_rate"], None, False,
+                         mean_score=m["mean_score"], positive_rate=m["positive_rate"]))
+    elif task == "regression":
+        rows.append(_row("quality", "", "bias", m["mean_prediction"] - m["mean_target"], None, False,
+                         mean_prediction=m["mean_prediction"], mean_label=m["mean_target"]))
+    return rows, {**summary, "value": _num(value), name: _num(value), **{o: _num(m[o]) for o in others},
+                  "drop": drop, "alert": decayed, **extra}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -610,8 +710,9 @@ def _encoded(ref: dict, rows) -> dict:
     from notebench.monitoring.drift import encode
 
     arrays = encode(ref["profile"], rows)
-    if PREDICTION in rows:
-        arrays[PREDICTION] = rows[PREDICTION].to_numpy(dtype=float, na_value=float("nan"))
+    predictions = _predictions(ref, rows)
+    if predictions is not None:
+        arrays[PREDICTION] = predictions
     return arrays
 
 
@@ -689,8 +790,10 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
         return  # no label arrived since the last pass, and no window was waiting for its labels to settle
     p.state["feedback_t"] = str(newest)
     feedback = feedback.sort_values("time").drop_duplicates(["request_id", "row"], keep="last")
+    outputs = _output_columns(p, pending)
     logged = read_predictions(p.ws, since=_us_iso(start), until=_us_iso(int(pending["last_t"].max()) + 1),
-                              columns=["request_id", "row", "time", "role", "model_name", "model_version", PREDICTION])
+                              columns=["request_id", "row", "time", "role", "model_name", "model_version", PREDICTION,
+                                       *outputs])
     logged = logged[logged["role"] == ROLE]
     if not len(logged):
         return
@@ -725,6 +828,15 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
                                  **summary})
         p.quality_done.append(w["window_id"])
         p.labels[w["window_id"]] = seen
+
+
+def _output_columns(p: _Pass, pending) -> list[str]:
+    """The log's class-probability columns (`output_<i>`) the pending windows' multiclass versions wrote."""
+    k = 0
+    for name, version in pending[["model_name", "model_version"]].drop_duplicates().itertuples(index=False):
+        ref = p.reference(name, str(version))
+        k = max(k, len(_classes(ref) or []) if ref is not None else 0)
+    return [f"output_{i}" for i in range(k)]
 
 
 def _positions(frame, keys: list[tuple]) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from notebench.errors import SpecError
 from notebench.pipeline.notebooks import declared_parameters, parse_python, read_notebook
-from notebench.settings import SCHEMA
+from notebench.settings import RENAMED, SCHEMA
 
 __all__ = ["INJECTED", "PipelineSpec", "StepSpec", "load_spec", "find_pipeline", "settings_read"]
 
@@ -180,6 +180,10 @@ def _check_setting(entry: str, file: Path, step: str, where: str = "'settings' e
     if section not in SCHEMA:
         raise SpecError(f"{where} '{entry}': no settings section [{section}]{_suggest(section, SCHEMA)}", file=file,
                         step=step, fix=f"use a section of settings.ini: {', '.join(SCHEMA)}")
+    if key and (section, key) in RENAMED:
+        new_section, new_key, _ = RENAMED[(section, key)]
+        raise SpecError(f"{where} '{entry}': [{section}] {key} was renamed", file=file, step=step,
+                        fix=f"use {new_section}.{new_key}")
     if key and key not in SCHEMA[section]:
         raise SpecError(f"{where} '{entry}': [{section}] has no key '{key}'{_suggest(key, SCHEMA[section])}",
                         file=file, step=step, fix=f"use one of {', '.join(f'{section}.{k}' for k in SCHEMA[section])}"

@@ -10,7 +10,7 @@ What lives where:
 |---|---|---|
 | `notebench.blessed` | version | `true` / `false`: the blessing gate's verdict |
 | `notebench.blessing.reasons` | version | JSON list of the verdict's readable reasons |
-| `notebench.metric.<name>` | version | a key metric (e.g. the holdout's `auc`), for listings without reading runs |
+| `notebench.metric.<name>` | version | a key holdout metric (e.g. `auc`, `rmse`), for listings without reading runs |
 | `notebench.model_uri` | version | the logged model it was registered from (registering it again reuses the version) |
 | `notebench.deploy_check.*` | version | the last `notebench deploy-check`: status, at, qps, p50/p99, reasons, run |
 | `notebench.promoted.*`, `notebench.forced.*` | version | who promoted it, when, why; a forced promotion's override |
@@ -63,48 +63,74 @@ def _check(kind: str, scope: str, status: str, reason: str, **fields) -> dict:
     return {"check": kind, "scope": scope, "status": status, "passed": status != "failed", "reason": reason, **fields}
 
 
-def _absolute(metric: str, value, minimum: float) -> dict:
+def _better(maximize: bool) -> tuple[str, str]:
+    """How a value meets a threshold in the metric's direction: (comparison, the threshold's name)."""
+    return (">=", "minimum") if maximize else ("<=", "maximum")
+
+
+def _absolute(metric: str, value, threshold: float | None, maximize: bool = True) -> dict:
+    """The candidate's metric overall against the absolute threshold (`[gates] metric_threshold`), in its direction."""
+    sign, bound_name = _better(maximize)
+    if threshold is None:
+        return _check("minimum", "overall", "skipped", f"{metric} overall {_fmt(value)}: no absolute threshold "
+                      "([gates] metric_threshold is empty)", metric=metric, value=value if _defined(value) else None,
+                      bound=None)
     if not _defined(value):
-        return _check("minimum", "overall", "failed", f"{metric} overall is undefined on the holdout (one class only): "
-                      f"cannot show it reaches the minimum {minimum:.4f}", metric=metric, value=None, bound=minimum)
-    ok = value >= minimum
-    reason = (f"{metric} overall {_fmt(value)} {'>=' if ok else '<'} minimum {minimum:.4f}"
-              + ("" if ok else ": below the absolute threshold"))
-    return _check("minimum", "overall", "passed" if ok else "failed", reason, metric=metric, value=value, bound=minimum)
+        return _check("minimum", "overall", "failed", f"{metric} overall is undefined on the holdout (e.g. one class "
+                      f"only): cannot show it reaches the {bound_name} {threshold:.4f}", metric=metric, value=None,
+                      bound=threshold)
+    ok = value >= threshold if maximize else value <= threshold
+    worse = "<" if maximize else ">"
+    reason = (f"{metric} overall {_fmt(value)} {sign if ok else worse} {bound_name} {threshold:.4f}"
+              + ("" if ok else f": {'below' if maximize else 'above'} the absolute threshold"))
+    return _check("minimum", "overall", "passed" if ok else "failed", reason, metric=metric, value=value,
+                  bound=threshold)
 
 
-def _against(metric: str, scope: str, value, base, tolerance: float, bound_name: str, label: str) -> dict:
-    """`value` may be at most `tolerance` below `base`; undefined on either side skips the check, saying so."""
+def _against(metric: str, scope: str, value, base, tolerance: float, bound_name: str, label: str,
+             maximize: bool = True) -> dict:
+    """`value` may be at most `tolerance` worse than `base` (lower when maximizing, higher when minimizing);
+    undefined on either side skips the check, saying so."""
     kind = "regression" if scope == "overall" else "segment"
     where = "overall" if scope == "overall" else f"on segment {scope}"
     fields = dict(metric=metric, value=value if _defined(value) else None,
                   baseline=base if _defined(base) else None, bound=tolerance)
     if not (_defined(value) and _defined(base)):
         who = " and ".join(w for w, v in (("the candidate", value), (label, base)) if not _defined(v))
-        return _check(kind, scope, "skipped", f"{metric} {where} skipped: undefined for {who} (one class only in "
-                      "this slice of the holdout), so it cannot be compared", **fields)
-    drop = base - value
+        return _check(kind, scope, "skipped", f"{metric} {where} skipped: undefined for {who} (e.g. one class only "
+                      "in this slice of the holdout), so it cannot be compared", **fields)
+    drop = (base - value) if maximize else (value - base)  # how much worse the candidate is, in the metric's units
     ok = drop <= tolerance + 1e-12
-    if drop > 0:
-        reason = (f"{metric} {where} dropped {drop:.4f} against {label} ({_fmt(value)} vs {_fmt(base)}), "
-                  f"{'within' if ok else 'more than'} {bound_name} {tolerance:.4f}")
-    else:
+    within = f"{'within' if ok else 'more than'} {bound_name} {tolerance:.4f}"
+    if maximize and drop > 0:
+        reason = f"{metric} {where} dropped {drop:.4f} against {label} ({_fmt(value)} vs {_fmt(base)}), {within}"
+    elif maximize:
         reason = f"{metric} {where} did not drop against {label} ({_fmt(value)} vs {_fmt(base)})"
+    elif drop > 0:
+        reason = f"{metric} {where} {_fmt(value)} rose {drop:.4f} above {label}'s {_fmt(base)}, {within}"
+    else:
+        reason = f"{metric} {where} {_fmt(value)} did not rise above {label}'s {_fmt(base)}"
     return _check(kind, scope, "passed" if ok else "failed", reason, drop=drop, **fields)
 
 
-def blessing(candidate: dict, baseline: dict | None = None, *, minimum: float, max_regression: float,
-             segment_tolerance: float, metric: str = "auc", baseline_label: str = "the champion",
-             baseline_error: str | None = None, infra: dict | None = None) -> dict:
-    """The blessing verdict of a candidate's evaluation report against an absolute minimum and a baseline's report.
+def blessing(candidate: dict, baseline: dict | None = None, *, threshold: float | None = None,
+             max_regression: float, segment_tolerance: float, metric: str = "auc", direction: str = "maximize",
+             baseline_label: str = "the champion", baseline_error: str | None = None, infra: dict | None = None,
+             minimum: float | None = None) -> dict:
+    """The blessing verdict of a candidate's evaluation report against an absolute threshold and a baseline's report.
 
     Reports are `{"overall": {metric: ...}, "segments": {"col=value": {metric: ...}}}`, both measured on the same
-    holdout; `metric` is higher-is-better; undefined values are NaN or None. `baseline` None means there is nothing
-    to compare with (the first model), unless `baseline_error` says a baseline exists but could not be measured,
-    which fails the gate. `infra` is an extra check (e.g. from `infra_check`). Returns `{"blessed", "reasons",
-    "checks"}`.
+    holdout; `direction` (maximize | minimize) says which way `metric` is better, and `threshold` (None: no absolute
+    check) and the tolerances are in the metric's units (`minimum` is `threshold`'s older name, for a metric to
+    maximize); undefined values are NaN or None. `baseline` None means there is nothing to compare with (the first
+    model), unless `baseline_error` says a baseline exists but could not be measured, which fails the gate. `infra`
+    is an extra check (e.g. from `infra_check`). Returns `{"blessed", "reasons", "checks"}`.
     """
-    checks = [_absolute(metric, candidate["overall"].get(metric), minimum)]
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"direction {direction!r}: expected maximize or minimize")
+    maximize = direction == "maximize"
+    threshold = minimum if threshold is None else threshold
+    checks = [_absolute(metric, candidate["overall"].get(metric), threshold, maximize)]
     if baseline is None and baseline_error:
         checks.append(_check("baseline", "overall", "failed", f"{baseline_label} could not be scored on this holdout "
                              f"({baseline_error}): compare by hand, then promote with force and a reason",
@@ -113,7 +139,7 @@ def blessing(candidate: dict, baseline: dict | None = None, *, minimum: float, m
         checks.append(_check("baseline", "overall", "skipped", NO_BASELINE, metric=metric))
     else:
         checks.append(_against(metric, "overall", candidate["overall"].get(metric), baseline["overall"].get(metric),
-                               max_regression, "max_regression", baseline_label))
+                               max_regression, "max_regression", baseline_label, maximize))
         for scope, values in candidate.get("segments", {}).items():
             base = baseline.get("segments", {}).get(scope)
             if base is None:
@@ -121,7 +147,7 @@ def blessing(candidate: dict, baseline: dict | None = None, *, minimum: float, m
                                      "report", metric=metric, value=values.get(metric)))
                 continue
             checks.append(_against(metric, scope, values.get(metric), base.get(metric), segment_tolerance,
-                                   "segment_tolerance", baseline_label))
+                                   "segment_tolerance", baseline_label, maximize))
     if infra is not None:
         checks.append(infra)
     blessed = all(c["status"] != "failed" for c in checks)

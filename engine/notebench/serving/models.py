@@ -44,6 +44,7 @@ class LoadedModel:
     thread_safe: bool = False  # whether predict_fn may run in several threads at once (a scikit-learn estimator's)
     loaded_at: float = 0.0  # unix time
     load_seconds: float = 0.0
+    classes: tuple | None = None  # a classifier's classes, in the order of its probability columns; None otherwise
 
     def predict(self, batch: Batch) -> np.ndarray:
         """The model's output for `batch`: one entry (or row of entries) per input row."""
@@ -65,7 +66,18 @@ class LoadedModel:
         """What `/model` shows."""
         return {"name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
                 "run_id": self.run_id, "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
-                "blessing": self.blessing(), "tags": self.tags, "inputs": self.schema.describe()}
+                "blessing": self.blessing(), "tags": self.tags, "inputs": self.schema.describe(),
+                "classes": None if self.classes is None else list(self.classes)}
+
+    def is_class(self, label: str) -> bool:
+        """True when the text `label` names one of the model's classes (`2` and `2.0` name the class 2)."""
+        return self.classes is not None and label in {_class_text(c) for c in self.classes}
+
+
+def _class_text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
 
 
 def scores(output: np.ndarray) -> list:
@@ -92,6 +104,15 @@ def _predict_fn(pyfunc_model) -> tuple[Callable, bool]:
         if fn is not None:
             return fn, True
     return pyfunc_model.predict, False
+
+
+def _classes(pyfunc_model) -> tuple | None:
+    """A scikit-learn classifier's classes (plain Python values), None for a regressor or another flavor."""
+    flavor = pyfunc_model.metadata.flavors.get("python_function", {})
+    if flavor.get("loader_module") != "mlflow.sklearn":
+        return None
+    classes = getattr(pyfunc_model.get_raw_model(), "classes_", None)
+    return None if classes is None else tuple(np.asarray(classes).tolist())
 
 
 def _warm_up(model: LoadedModel, pyfunc_model) -> None:
@@ -132,7 +153,8 @@ def load_model(uri: str, *, tracking_uri: str | None = None, name: str | None = 
     predict_fn, thread_safe = _predict_fn(pyfunc_model)
     model = LoadedModel(name=name, version=str(version or getattr(meta, "model_id", None) or meta.run_id or uri),
                         alias=alias, uri=uri, run_id=run_id or meta.run_id, tags=dict(tags or {}), schema=schema,
-                        predict_fn=predict_fn, thread_safe=thread_safe, loaded_at=time.time())
+                        predict_fn=predict_fn, thread_safe=thread_safe, loaded_at=time.time(),
+                        classes=_classes(pyfunc_model))
     _warm_up(model, pyfunc_model)
     object.__setattr__(model, "load_seconds", time.perf_counter() - start)
     return model

@@ -22,11 +22,12 @@ the merged segments duplicates nothing). Measured on the 2-core machine, busy: o
 Rows: one per predicted row: `request_id`, `row` (index within the request), `time` (UTC, when the request
 arrived), `endpoint`, `role` (`champion`, or `shadow` for the challenger in shadow mode), `model_name`,
 `model_version`, `latency_ms` (the request's, or the shadow's own prediction time), `prediction` (positive-class
-probability of a two-column output), `output_<i>` (only for outputs of more than two columns), then every input
-feature under its own name.
+probability of a two-column output, a regressor's value), `output_<i>` (only for outputs of more than two columns: a
+multiclass model's class probabilities, in the order of its classes), then every input feature under its own name.
 
-Feedback (`request_id`, `row`, `label`, `time`) is acknowledged only once its segment is on disk: `feedback()`
-returns a future that resolves after the rename and fsync; concurrent feedback shares one write (group commit).
+Feedback (`request_id`, `row`, `label`, `time`; a label naming a class by text goes to `label_text`) is
+acknowledged only once its segment is on disk: `feedback()` returns a future that resolves after the rename and
+fsync; concurrent feedback shares one write (group commit).
 """
 
 from __future__ import annotations
@@ -341,14 +342,21 @@ def _arrow(values: np.ndarray):
 
 
 def _feedback_table(items: list[dict]):
+    """Feedback as Arrow: a numeric label under `label`; a class named by text under `label_text` (only written when
+    some item has one, `label` then null for it)."""
     import pyarrow as pa
 
-    return pa.table({
+    text = [i["label"] if isinstance(i["label"], str) else None for i in items]
+    columns = {
         "request_id": pa.array([str(i["request_id"]) for i in items], pa.string()),
         "row": pa.array([i.get("row") for i in items], pa.int64()),
-        "label": pa.array([float(i["label"]) for i in items], pa.float64()),
+        "label": pa.array([None if t is not None else float(i["label"]) for i, t in zip(items, text, strict=True)],
+                          pa.float64()),
         "time": pa.array([int(i["time"] * 1e6) for i in items], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    })
+    }
+    if any(t is not None for t in text):
+        columns["label_text"] = pa.array(text, pa.string())
+    return pa.table(columns)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -491,5 +499,11 @@ def read_predictions(workspace=None, since=None, until=None, columns: list[str] 
 
 
 def read_feedback(workspace=None, since=None, until=None):
-    """The ground truth received by `/feedback` (`request_id`, `row`, `label`, `time`) with `time` in [since, until)."""
-    return _read(log_root(workspace) / FEEDBACK_DIR, FEEDBACK_COLUMNS, since, until, None)
+    """The ground truth received by `/feedback` (`request_id`, `row`, `label`, `time`) with `time` in [since, until);
+    `label` is a number, or the class's name where a label named a class by text."""
+    frame = _read(log_root(workspace) / FEEDBACK_DIR, FEEDBACK_COLUMNS, since, until, None)
+    if "label_text" in frame:
+        text = frame.pop("label_text")
+        if text.notna().any():
+            frame["label"] = text.where(text.notna(), frame["label"].astype(object))
+    return frame

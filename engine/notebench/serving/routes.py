@@ -235,8 +235,11 @@ class PredictResponse(BaseModel):
     request_id: str
     model_name: str | None
     model_version: str
-    predictions: list[Any] = Field(description="positive-class probability per row (the output itself for models "
-                                               "without two output columns)")
+    predictions: list[Any] = Field(description="per row: the positive class's probability (binary), the class "
+                                               "probabilities in the order of `classes` (multiclass), the value "
+                                               "(regression)")
+    classes: list[Any] | None = Field(None, description="a multiclass model's classes, in the order of its "
+                                                        "probabilities")
     entities: list[EntityId] | None = None
 
 
@@ -254,6 +257,8 @@ async def predict(body: PredictRequest, call: PredictionCall) -> Response:
         output = await service.predict(model, batch, endpoint="/predict", request_id=rid, started=call.started)
     content = {"request_id": rid, "model_name": model.name, "model_version": model.version,
                "predictions": scores(output)}
+    if output.ndim == 2 and output.shape[1] > 2 and model.classes is not None:
+        content["classes"] = list(model.classes)
     if body.entities is not None:
         content["entities"] = body.entities
     return _json(content, model, rid)
@@ -262,11 +267,14 @@ async def predict(body: PredictRequest, call: PredictionCall) -> Response:
 # ---------------------------------------------------------------------------------------------------------
 # feedback
 
-def _label(value) -> float:
+def _label(value) -> float | str:
     if isinstance(value, bool):
         return float(value)
+    if isinstance(value, str) and 0 < len(value) <= 256:
+        return value  # a class's name: checked against the served model's classes by the route
     if not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"a label must be a finite number (or true/false), got {type(value).__name__} {value!r}")
+        raise ValueError(f"a label must be a finite number (or true/false), or a class of the model, got "
+                         f"{type(value).__name__} {value!r}")
     return float(value)
 
 
@@ -280,7 +288,8 @@ def _text(value) -> str:
     return value
 
 
-Label = Annotated[float, PlainValidator(_label), WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "boolean"}]})]
+Label = Annotated[float | str, PlainValidator(_label), WithJsonSchema(
+    {"anyOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string", "minLength": 1, "maxLength": 256}]})]
 
 
 class Feedback(BaseModel):
@@ -289,7 +298,8 @@ class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: Annotated[str, PlainValidator(_text), WithJsonSchema({"type": "string", "minLength": 1,
                                                                        "maxLength": 128})]
-    label: Label = Field(description="the observed outcome (a number; booleans count as 0/1)")
+    label: Label = Field(description="the observed outcome: a number (booleans count as 0/1), or the name of one of "
+                                     "the served classifier's classes")
     row: int | None = Field(None, ge=0, lt=2**31, description="row within the request (default: every row of it)")
 
 
@@ -304,13 +314,22 @@ _FEEDBACK_BODY = {"required": True, "content": {"application/json": {"schema": {
     "oneOf": [_ITEM, {"type": "array", "items": _ITEM}]}}}}
 
 
-def _feedback_items(doc) -> list[Feedback]:
-    """One feedback object or a list of them, with pydantic's findings as readable lines."""
+def _feedback_items(doc, model: LoadedModel | None) -> list[Feedback]:
+    """One feedback object or a list of them, with pydantic's findings as readable lines; a text label must name a
+    class of the served `model`."""
     try:
-        return _MANY.validate_python(doc) if isinstance(doc, list) else [_ONE.validate_python(doc)]
+        items = _MANY.validate_python(doc) if isinstance(doc, list) else [_ONE.validate_python(doc)]
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()]
         raise InvalidInputError(problems) from None
+    known = ", ".join(map(str, model.classes)) if model is not None and model.classes is not None else ""
+    problems = [f"{i}.label: {item.label!r} is not a class of the served model ({known or 'it has no classes'}); "
+                "a label must be a finite number (or true/false), or the name of a class"
+                for i, item in enumerate(items) if isinstance(item.label, str)
+                and (model is None or not model.is_class(item.label))]
+    if problems:
+        raise InvalidInputError(problems)
+    return items
 
 
 @router.post("/feedback", response_model=FeedbackResponse, responses=_ERRORS, summary="Record ground truth",
@@ -319,7 +338,7 @@ async def feedback(request: Request, service: ServiceDep, _: Authorized) -> dict
     """Record delayed ground truth (`{"request_id", "label", "row"?}` or a list of them) by the request id a
     prediction was answered with; answered once it is durably written beside the predictions."""
     with http_errors():
-        items = _feedback_items(formats.decode_json(await request.body()))
+        items = _feedback_items(formats.decode_json(await request.body()), service.model)
         if not items:
             raise InvalidInputError("empty payload: no feedback items")
         accepted = await service.feedback([i.model_dump() for i in items])
