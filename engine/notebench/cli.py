@@ -33,8 +33,8 @@ def cmd_config(args) -> int:
     if args.json:
         import json
 
-        out = {f"{s}.{k}": {"value": settings.value(s, k), "type": t, "source": src}
-               for s, k, t, _, src in settings.rows()}
+        out = {f"{s}.{k}": {"value": settings.value(s, k) if SCHEMA[s][k].secret == "" else shown, "type": t,
+                            "source": src} for s, k, t, shown, src in settings.rows()}  # secrets only masked
         print(json.dumps(out, indent=2, default=str))
         return 0
     from notebench.workspace import Workspace

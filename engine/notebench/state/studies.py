@@ -8,6 +8,8 @@ tag, a product) never writes a password down.
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 import sqlalchemy as sa
 
@@ -42,8 +44,10 @@ def study_storage(workspace=None) -> StudyStorage:
     engine = ({"connect_args": {"timeout": 60}} if scheme(uri) == "sqlite" else
               {"pool_pre_ping": True, "connect_args": {"connect_timeout": timeout}})
     try:
-        return StudyStorage(sqlalchemy_url(uri), engine_kwargs=engine, heartbeat_interval=beat or None,
-                            grace_period=2 * beat if beat else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            return StudyStorage(sqlalchemy_url(uri), engine_kwargs=engine, heartbeat_interval=beat or None,
+                                grace_period=2 * beat if beat else None)
     except (sa.exc.DBAPIError, OSError) as exc:
         inner = getattr(exc, "orig", None) or exc
         raise TrackingUnavailable(uri, (str(inner).strip().splitlines() or [type(inner).__name__])[0],
