@@ -52,8 +52,7 @@ trigger_events = sa.Table(
     sa.Column("key", sa.String(500)),  # unique per queue and kind when set: the condition it stands for
     sa.Column("updated", Float, nullable=False),
     sa.CheckConstraint("status IN ('queued', 'started', 'coalesced', 'skipped')", name="trigger_events_status"),
-    sa.Index("trigger_events_key", "queue", "kind", "key", unique=True, sqlite_where=sa.text("key IS NOT NULL"),
-             postgresql_where=sa.text("key IS NOT NULL")),
+    sa.Index("trigger_events_key", "queue", "kind", "key", unique=True),  # NULL keys never collide (SQL's NULLs)
     sa.Index("trigger_events_status_ix", "queue", "status"))
 
 trigger_state = sa.Table(
