@@ -18,7 +18,7 @@ import numpy as np
 from notebench.errors import InvalidInputError, NoFeatureRepoError, ServingError, UnknownEntityError
 from notebench.serving.batching import MicroBatcher
 from notebench.serving.config import ServingConfig
-from notebench.serving.metrics import Registry
+from notebench.serving.metrics import BATCH_BUCKETS, ServiceMetrics, multiprocess_dir
 from notebench.serving.models import LoadedModel, ModelHolder, ModelSource
 from notebench.serving.predlog import PredictionLog, log_root
 from notebench.serving.schema import Batch
@@ -27,7 +27,22 @@ __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+def _entity_type_problems(types: dict[str, str], entity_ids: list) -> list[str]:
+    """One line per entity id whose value cannot be of its entity column's type (`types`: column -> int64 | string);
+    an id of several columns is a dict by column or a tuple in their order."""
+    columns, problems = list(types), []
+    for one in entity_ids:
+        parts = one if isinstance(one, dict) else dict(zip(columns, one, strict=False)) \
+            if isinstance(one, list | tuple) else {columns[0]: one} if len(columns) == 1 else {}
+        for column, value in parts.items():
+            kind = types.get(column)
+            ok = isinstance(value, str) if kind == "string" else \
+                isinstance(value, int) and not isinstance(value, bool) if kind == "int64" else True
+            if not ok:
+                want = "a string" if kind == "string" else "an integer"
+                problems.append(f"entity id {value!r}: {column} is {want} entity column, got {type(value).__name__}")
+    return problems
 
 
 class Service:
@@ -41,14 +56,16 @@ class Service:
         self.predlog = PredictionLog(log_root(workspace), flush_interval=config.flush_interval,
                                      flush_rows=config.flush_rows, max_buffered_rows=config.max_buffered_rows
                                      ) if config.log_predictions else None
-        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads, on_batch=self._on_batch,
+        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads,
+                                    large_workers=config.large_workers, on_batch=self._on_batch,
                                     shadow=self._shadow if config.shadow else None)
         self.started_at = time.time()
         self._check_lock: asyncio.Lock | None = None
         self._watcher: asyncio.Task | None = None
         self._repo = None
+        self._use_case = None
         self._repo_task: asyncio.Task | None = None
-        self.metrics = Registry()
+        self.metrics = ServiceMetrics()
         self._define_metrics()
 
     # ---------------------------------------------------------------------------------------------------------
@@ -97,6 +114,8 @@ class Service:
             result = await asyncio.to_thread(self.holder.check)
         if result["error"]:
             self.load_failures.inc()
+        if multiprocess_dir() is not None:  # another process may answer the scrape: see notebench.serving.metrics
+            self.metrics.refresh()
         if result.pop("loaded"):
             # MLflow, pandas and a model make ~400k long-lived objects: a full collection that walks them pauses
             # every request for 100s of ms. Frozen, they are never walked again (refcounting still frees them).
@@ -136,7 +155,7 @@ class Service:
 
     def _on_batch(self, model: LoadedModel, requests: int, rows: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
-        self.predicted.inc(model.version, "champion", amount=rows)
+        self.predicted.labels(model.version, "champion").inc(rows)
 
     def _shadow(self, model: LoadedModel, batch: Batch, requests: list) -> None:
         """In the worker thread, after the requests were answered: the shadow model on the same rows, logged."""
@@ -148,11 +167,11 @@ class Service:
             rows = batch if shadow.schema.names == model.schema.names else shadow.schema.from_columns(batch.columns)
             output = shadow.predict(rows)
         except Exception as exc:  # a failing shadow is counted, never seen by clients
-            self.shadow_errors.inc(shadow.version)
+            self.shadow_errors.labels(shadow.version).inc()
             log.debug("shadow version %s failed: %s", shadow.version, exc)
             return
         seconds = time.perf_counter() - start
-        self.predicted.inc(shadow.version, "shadow", amount=batch.rows)
+        self.predicted.labels(shadow.version, "shadow").inc(batch.rows)
         if self.predlog is None:
             return
         at = 0
@@ -175,14 +194,24 @@ class Service:
             gc.freeze()  # Feast's modules too: see `check`
         return self._repo
 
-    async def features(self, entity_ids: list):
-        """The online features of `entity_ids` (`UnknownEntityError` names unknown ids; `ServingError` when the
-        online store cannot be read)."""
-        folder = self.workspace.root / "feature_repo"
-        if not (folder / "feature_store.yaml").is_file():
+    @property
+    def use_case(self):
+        """The workspace's use case (its entity columns and their types), loaded on first use."""
+        if self._use_case is None:
             from notebench.usecase import load_use_case
 
-            raise NoFeatureRepoError(", ".join(load_use_case(self.workspace.settings).entities), entity_ids, folder)
+            self._use_case = load_use_case(self.workspace.settings)
+        return self._use_case
+
+    async def features(self, entity_ids: list):
+        """The online features of `entity_ids` (`InvalidInputError` for ids of the wrong type, `UnknownEntityError`
+        naming unknown ids; `ServingError` when the online store cannot be read)."""
+        folder = self.workspace.root / "feature_repo"
+        if not (folder / "feature_store.yaml").is_file():
+            raise NoFeatureRepoError(", ".join(self.use_case.entities), entity_ids, folder)
+        wrong = _entity_type_problems(self.use_case.entity_types, entity_ids)
+        if wrong:
+            raise InvalidInputError(wrong)
         if self._repo_task is not None and not self._repo_task.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._repo_task)
@@ -222,31 +251,30 @@ class Service:
         self.load_failures = m.counter("notebench_model_check_failures_total",
                                        "Alias checks that could not load the version it names")
 
-        def info():
-            model = self.holder.current
+        def info(model: LoadedModel | None) -> dict | None:
             return {(model.name or "", model.version, model.alias or ""): 1} if model else None
 
-        def shadow_info():
-            model = self.holder.shadow
-            return {(model.name or "", model.version, model.alias or ""): 1} if model else None
-
-        m.gauge("notebench_model_info", "The model version being served", info, ["name", "version", "alias"])
-        m.gauge("notebench_shadow_model_info", "The model version predicting in shadow", shadow_info,
+        holder = self.holder
+        m.gauge("notebench_model_info", "The model version being served", lambda: info(holder.current),
                 ["name", "version", "alias"])
-        m.gauge("notebench_model_loaded_timestamp_seconds", "When the served version was loaded",
-                lambda: self.holder.current and self.holder.current.loaded_at)
-        m.gauge("notebench_model_swaps", "Hot swaps since start", lambda: self.holder.swaps)
-        m.gauge("notebench_model_last_check_timestamp_seconds", "When the alias was last checked",
-                lambda: self.holder.last_check)
-        m.gauge("notebench_ready", "1 when the service is ready", lambda: 0 if self.readiness() else 1)
+        m.gauge("notebench_shadow_model_info", "The model version predicting in shadow", lambda: info(holder.shadow),
+                ["name", "version", "alias"])
+        m.gauge("notebench_model_loaded_timestamp_seconds", "When the served version was loaded (0: none is)",
+                lambda: holder.current and holder.current.loaded_at, mode="livemostrecent")
+        m.gauge("notebench_model_swaps", "Hot swaps since start", lambda: holder.swaps, mode="livesum")
+        m.gauge("notebench_model_last_check_timestamp_seconds", "When the alias was last checked (0: not yet)",
+                lambda: holder.last_check)
+        m.gauge("notebench_ready", "1 when the service is ready", lambda: 0 if self.readiness() else 1, mode="livemin")
         if self.predlog is not None:
             p = self.predlog
             m.gauge("notebench_prediction_log_rows_written", "Prediction rows written to the log",
-                    lambda: p.rows_written)
+                    lambda: p.rows_written, mode="sum")
             m.gauge("notebench_prediction_log_rows_buffered", "Prediction rows waiting for the next flush",
-                    lambda: p.buffered_rows)
+                    lambda: p.buffered_rows, mode="livesum")
             m.gauge("notebench_prediction_log_rows_dropped", "Prediction rows dropped (buffer full)",
-                    lambda: p.rows_dropped)
-            m.gauge("notebench_prediction_log_segments_written", "Segments written", lambda: p.segments_written)
-            m.gauge("notebench_prediction_log_write_errors", "Failed segment writes", lambda: p.write_errors)
-            m.gauge("notebench_feedback_written", "Feedback items written", lambda: p.feedback_written)
+                    lambda: p.rows_dropped, mode="sum")
+            m.gauge("notebench_prediction_log_segments_written", "Segments written", lambda: p.segments_written,
+                    mode="sum")
+            m.gauge("notebench_prediction_log_write_errors", "Failed segment writes", lambda: p.write_errors,
+                    mode="sum")
+            m.gauge("notebench_feedback_written", "Feedback items written", lambda: p.feedback_written, mode="sum")
