@@ -285,6 +285,7 @@ def test_cli_trigger_events_and_bad_input(workspace, pipeline):
     assert list(frame.columns[:9]) == ["id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into",
                                        "details"]
     assert str(frame["time"].dtype) == "datetime64[ns, UTC]" and frame.loc[0, "details"] == {"pipeline": "tp"}
-    with EventStore(workspace) as store:
-        assert store.path == workspace / "triggers" / "events.db"
-        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with EventStore(workspace) as store:  # in the workspace's state database ([state] uri empty: SQLite, WAL)
+        assert store.db.path == workspace / "state.db"
+        with store.db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -24,9 +24,6 @@ def _workspace():
 # subcommands: each parses nothing itself, calls the library and returns an exit code
 
 
-SECRETS = {("serving", "token"), ("environments", "signing_key")}  # shown as "(set)", never printed
-
-
 def cmd_config(args) -> int:
     """Print every effective setting and where it came from."""
     from notebench.settings import SCHEMA, load_settings
@@ -35,8 +32,8 @@ def cmd_config(args) -> int:
     if args.json:
         import json
 
-        out = {f"{s}.{k}": {"value": "(set)" if (s, k) in SECRETS and text else settings.value(s, k), "type": t,
-                            "source": src} for s, k, t, text, src in settings.rows()}
+        out = {f"{s}.{k}": {"value": settings.value(s, k) if SCHEMA[s][k].secret == "" else shown, "type": t,
+                            "source": src} for s, k, t, shown, src in settings.rows()}  # secrets only masked
         print(json.dumps(out, indent=2, default=str))
         return 0
     from notebench.workspace import Workspace
@@ -52,8 +49,7 @@ def cmd_config(args) -> int:
         if s != section:
             print(f"\n[{s}]")
             section = s
-        shown = "(set)" if text and (s, k) in SECRETS else text
-        line = f"{s}.{k}".ljust(width) + f"  = {shown!s:<32} ({type_}; from {source})"
+        line = f"{s}.{k}".ljust(width) + f"  = {text!s:<32} ({type_}; from {source})"
         print(line)
         if args.doc:
             print(" " * (width + 4) + "# " + SCHEMA[s][k].doc)

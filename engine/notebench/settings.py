@@ -30,6 +30,7 @@ __all__ = ["ENVIRONMENT_ENV", "ENVIRONMENT_HOME_ENV", "SCHEMA", "Key", "Settings
            "load_settings", "project_root"]
 
 ENV_PREFIX = "NOTEBENCH_"
+MASK = "***"  # what `notebench config` shows of a secret
 SETTINGS_ENV = "NOTEBENCH_SETTINGS"  # points at another settings file
 ENVIRONMENT_ENV = "NOTEBENCH_ENVIRONMENT"  # the deployment environment this process runs in
 ENVIRONMENT_HOME_ENV = "NOTEBENCH_ENVIRONMENT_HOME"  # that environment's folder (<workspace>/environments/<name>)
@@ -83,6 +84,17 @@ class Key:
     doc: str  # one line, shown by `notebench config --doc`
     choices: tuple[str, ...] = ()  # allowed values of a choice key
     minimum: float | None = None  # smallest allowed value of a numeric key
+    secret: str = ""  # how the value is shown: "uri" masks a URI's credentials, "all" hides it; "": as it is
+
+    def shown(self, text: str) -> str:
+        """The value's text as it may be printed: credentials masked."""
+        if not self.secret or not text:
+            return text
+        if self.secret == "all":
+            return MASK
+        from notebench.state.uri import mask_uri
+
+        return mask_uri(text)
 
     def parse(self, text: str) -> Any:
         """The typed value of `text`, or ValueError naming what was expected."""
@@ -117,12 +129,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "use_case": {
         "object": _k("str", "nbs_lib.use_case:USE_CASE", "the use-case contract: module:NAME of a notebench UseCase"),
     },
+    "state": {
+        "uri": _k("str", "", "the engine's records (SQLAlchemy URL: sqlite:///PATH or postgresql://USER@HOST/DB); "
+                  "empty: SQLite in the workspace", secret="uri"),
+        "connect_timeout": _k("float", "5", "seconds to wait for a state, tracking or study server before failing",
+                              minimum=0.5),
+        "lease_ttl": _k("float", "30", "seconds a run's lease lives without a heartbeat (then it counts as dead)",
+                        minimum=1),
+    },
     "tracking": {
-        "uri": _k("str", "", "MLflow tracking URI; empty: SQLite in the workspace"),
+        "uri": _k("str", "", "MLflow tracking URI; empty: SQLite in the workspace", secret="uri"),
         "experiment": _k("str", "notebench", "MLflow experiment for pipeline runs and notebooks"),
     },
     "registry": {
-        "uri": _k("str", "", "MLflow registry URI; empty: the tracking URI"),
+        "uri": _k("str", "", "MLflow registry URI; empty: the tracking URI", secret="uri"),
         "model_name": _k("str", "notebench-model", "registered model name"),
     },
     "pipeline": {
@@ -135,6 +155,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "training": {
         "seed": _k("int", "42", "random seed for splits, models and the tuner"),
         "holdout_days": _k("int", "7", "most recent days held out for evaluation", minimum=1),
+        "study_storage": _k("str", "", "Optuna storage URL (sqlite:///PATH, postgresql://...); empty: SQLite in the "
+                            "workspace", secret="uri"),
+        "study_heartbeat": _k("int", "30", "seconds between a trial's heartbeats; a trial silent for twice this is "
+                              "marked failed; 0: no heartbeat", minimum=0),
         "n_trials": _k("int", "20", "tuning trials per training run", minimum=1),
         "tuning_timeout": _k("int", "600", "seconds the tuner may spend", minimum=1),
     },
@@ -155,6 +179,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "features": {
         "project": _k("str", "notebench", "Feast project name"),
         "ttl_days": _k("int", "30", "how old a feature value may be and still be served", minimum=1),
+        "registry": _k("str", "", "Feast SQL registry URL (postgresql://...); empty: a file in the feature repo",
+                       secret="uri"),
+        "online_store": _k("str", "sqlite", "Feast online store: sqlite (in the feature repo) or a postgresql:// URL",
+                           secret="uri"),
     },
     "serving": {
         "host": _k("str", "127.0.0.1", "address the prediction service binds to"),
@@ -171,7 +199,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_body_bytes": _k("int", "8388608", "larger request bodies are refused with 413", minimum=1),
         "max_batch_rows": _k("int", "256", "rows the micro-batcher puts in one model call", minimum=1),
         "threads": _k("int", "1", "OpenMP/BLAS threads per prediction", minimum=1),
-        "token": _k("str", "", "bearer token /feedback and /reload require; empty: none (use the environment)"),
+        "token": _k("str", "", "bearer token /feedback and /reload require; empty: none (use the environment)",
+                    secret="all"),
         "check_requests": _k("int", "300", "requests `notebench deploy-check` sends in its load test", minimum=1),
         "check_concurrency": _k("int", "4", "concurrent clients in the deploy-check load test", minimum=1),
         "check_max_p99_ms": _k("float", "0", "deploy-check fails above this p99 latency; 0: no limit", minimum=0),
@@ -211,7 +240,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "compile_bytecode": _k("bool", "true", "compile a new lock's packages to bytecode after the deploy, in the "
                                "background (imports then take half the time)"),
         "signing_key": _k("str", "", "HMAC key that signs CI results and releases, and that deploys then require; "
-                          "empty: none. Set NOTEBENCH_ENVIRONMENTS_SIGNING_KEY, never the file (it ships)"),
+                          "empty: none. Set NOTEBENCH_ENVIRONMENTS_SIGNING_KEY, never the file (it ships)", secret="all"),
     },
 }
 
@@ -279,12 +308,17 @@ class Settings:
         """A path setting made absolute against the settings file's folder."""
         return (self.root / Path(self.value(section, key)).expanduser()).resolve()
 
+    def shown(self, section: str, key: str) -> str:
+        """The text of `section`.`key` as it may be printed: credentials in URIs masked, secrets hidden."""
+        return SCHEMA[section][key].shown(self.values[section][key].text)
+
     def rows(self):
-        """(section, key, type, text, source) for every key, in schema order."""
+        """(section, key, type, text as it may be shown, source) for every key, in schema order."""
         for section, keys in SCHEMA.items():
             for key, spec in keys.items():
                 v = self.values[section][key]
-                yield section, key, spec.type if not spec.choices else "|".join(spec.choices), v.text, v.source
+                yield section, key, spec.type if not spec.choices else "|".join(spec.choices), spec.shown(v.text), \
+                    v.source
 
 
 def env_name(section: str, key: str) -> str:
@@ -311,7 +345,7 @@ def _typed(spec: Key, text: str, *, file, section: str, key: str, origin: str) -
     try:
         return spec.parse(text)
     except ValueError as exc:
-        raise SettingsError(f"[{section}] {key} = {text!r} (from {origin}): {exc} ({spec.type})",
+        raise SettingsError(f"[{section}] {key} = {spec.shown(text)!r} (from {origin}): {exc} ({spec.type})",
                             file=file, key=f"{section}.{key}", expected=spec.type) from None
 
 

@@ -126,8 +126,15 @@ class Step:
         """The step's own MLflow run as the active run (a fresh run when the notebook runs by hand)."""
         import mlflow
 
-        if self.context.get("tracking_uri"):
-            mlflow.set_tracking_uri(self.context["tracking_uri"])
+        uri = self.context.get("tracking_uri")
+        if uri:  # the runner passes a URI with credentials masked: the kernel's settings hold the real one
+            from notebench.state.uri import is_masked
+
+            if is_masked(uri):
+                from notebench.workspace import Workspace
+
+                uri = Workspace.of(self.workspace).tracking_uri
+            mlflow.set_tracking_uri(uri)
         run_id = self.mlflow_run_id
         if run_id:
             with mlflow.start_run(run_id=run_id) as run:

@@ -51,7 +51,7 @@ class Workspace:
 
     @property
     def artifacts(self) -> Path:
-        """Root of MLflow artifacts when tracking is embedded."""
+        """Root of MLflow artifacts when this process writes the tracking store itself (not through a server)."""
         return self.ensure() / "mlartifacts"
 
     @property
@@ -73,19 +73,34 @@ class Workspace:
         return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_REGISTRY_URI": self.registry_uri,
                 "MLFLOW_EXPERIMENT_NAME": self.experiment, "NOTEBENCH_WORKSPACE_PATH": str(self.root)}
 
+    @property
+    def tracking_server(self) -> bool:
+        """True when tracking goes through an `mlflow server` (http/https), which decides where artifacts go."""
+        from notebench.state.uri import scheme
+
+        return scheme(self.tracking_uri) in ("http", "https", "databricks")
+
+    def artifact_location(self, name: str | None = None) -> str | None:
+        """Where a new experiment's artifacts go: inside the workspace when the tracking store is a database this
+        process writes directly, None (the server's own, proxied) when tracking is an `mlflow server`."""
+        return None if self.tracking_server else (self.artifacts / (name or self.experiment)).as_uri()
+
     def experiment_id(self, client, name: str | None = None) -> str:
-        """The id of experiment `name` (default: the settings'), created with artifacts in the workspace."""
+        """The id of experiment `name` (default: the settings'), created with `artifact_location(name)`."""
         name = name or self.experiment
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (self.artifacts / name).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=self.artifact_location(name))
 
     def client(self):
-        """An `MlflowClient` on this workspace's tracking and registry stores (imports mlflow)."""
+        """An `MlflowClient` on this workspace's tracking and registry stores (imports mlflow), once they answered
+        (`notebench.state.check_tracking`: a clear error within seconds when a server is down)."""
         from mlflow import MlflowClient
 
+        from notebench.state.services import check_tracking
+
+        check_tracking(self)
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
 
 

@@ -13,8 +13,13 @@ of the contract's features). The repo it writes is an ordinary Feast repo, so `f
                                ASOF joins: `notebench.features.feast_offline`), SQLite online store, registry
         definitions.py         builds the objects from the use-case contract (rewritten by every `apply`)
         .feastignore           keeps `feast` from importing anything else
-        data/registry.db       Feast's registry
-        data/online.db         the online store
+        data/registry.db       Feast's registry (`[features] registry` empty; else Feast's SQL registry at that URL)
+        data/online.db         the online store (`[features] online_store = sqlite`; else Feast's PostgreSQL store)
+
+In team mode only settings change: `[features] registry` names a database for Feast's SQL registry and
+`[features] online_store` a PostgreSQL URL for its online store, while the offline data (the snapshots the
+definitions point at) stays on the workspace's shared path. feature_store.yaml then holds the URLs as written in the
+settings (keep passwords in `~/.pgpass` rather than in URLs; the file is written readable by its owner only).
 
 Feast is imported on first use (it costs seconds), never at import of this module.
 """
@@ -51,10 +56,32 @@ registry: {registry}
 offline_store:
   type: notebench.features.feast_offline.AsofDuckDBOfflineStore
 online_store:
-  type: sqlite
-  path: {online}
+{online}
 entity_key_serialization_version: 3
 """
+
+
+def _sql_registry(uri: str) -> str:
+    """The `registry:` block of Feast's SQL registry at `uri`."""
+    from notebench.state.uri import sqlalchemy_url
+
+    return ("\n  registry_type: sql\n  path: " + json.dumps(sqlalchemy_url(uri)) + "\n  cache_ttl_seconds: 60"
+            "\n  sqlalchemy_config_kwargs:\n    pool_pre_ping: true")
+
+
+def _postgres_online(uri: str) -> str:
+    """The `online_store:` block of Feast's PostgreSQL online store at `uri` (postgresql://user:pw@host:port/db)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts, query = urlsplit(uri), parse_qs(urlsplit(uri).query)
+    if not (parts.hostname and parts.path.strip("/")):
+        raise FeatureStoreError("[features] online_store: a PostgreSQL online store needs a URL with a host and a "
+                                "database: postgresql://USER@HOST:5432/DB")
+    fields = {"type": "postgres", "host": parts.hostname, "port": parts.port or 5432,
+              "database": unquote(parts.path.strip("/")), "db_schema": query.get("schema", ["public"])[0],
+              "user": unquote(parts.username or ""), "password": unquote(parts.password or ""),
+              "sslmode": query.get("sslmode", ["prefer"])[0]}
+    return "\n".join(f"  {k}: {json.dumps(v)}" for k, v in fields.items())
 
 _DEFINITIONS = '''\
 """Feast objects of this feature repo, built from the use-case contract by `notebench.features.definitions`.
@@ -102,6 +129,30 @@ class FeatureRepo:
         return self.path / "data" / "registry.db"
 
     @property
+    def registry_uri(self) -> str:
+        """`[features] registry`: a SQL registry's URL, or '' for the file registry in the repo."""
+        return self.workspace.settings.value("features", "registry")
+
+    @property
+    def online_uri(self) -> str:
+        """`[features] online_store`: 'sqlite' (the file in the repo) or a PostgreSQL URL."""
+        return self.workspace.settings.value("features", "online_store")
+
+    def _registry_block(self) -> str:
+        return _sql_registry(self.registry_uri) if self.registry_uri else json.dumps(str(self.registry_path))
+
+    def _online_block(self) -> str:
+        from notebench.state.uri import scheme
+
+        kind = scheme(self.online_uri) or self.online_uri.strip().lower()
+        if kind == "sqlite" and "://" not in self.online_uri:
+            return f"  type: sqlite\n  path: {json.dumps(str(self.online_path))}"
+        if kind == "postgresql":
+            return _postgres_online(self.online_uri)
+        raise FeatureStoreError(f"[features] online_store = {self.online_uri!r}: expected sqlite or a postgresql:// "
+                                "URL")
+
+    @property
     def store(self):
         """The repo's `feast.FeatureStore`, created once (imports feast)."""
         if self._store is None:
@@ -121,8 +172,10 @@ class FeatureRepo:
         if not source.is_file():
             raise FeatureStoreError(f"feature source not found: {source} (a parquet file of snapshots)")
         (self.path / "data").mkdir(parents=True, exist_ok=True)
-        _write_if_changed(self.path / "feature_store.yaml", _YAML.format(project=self.project, registry=json.dumps(
-            str(self.registry_path)), online=json.dumps(str(self.online_path))))
+        yaml = self.path / "feature_store.yaml"
+        _write_if_changed(yaml, _YAML.format(project=self.project, registry=self._registry_block(),
+                                             online=self._online_block()))
+        yaml.chmod(0o600)  # a URL in it may hold a password
         _write_if_changed(self.path / "definitions.py", _DEFINITIONS.format(
             source=str(source), ttl_days=self.ttl_days, reference=self.workspace.settings.value("use_case", "object")))
         _write_if_changed(self.path / ".feastignore", _FEASTIGNORE)
@@ -246,10 +299,15 @@ class FeatureRepo:
 
     def show(self) -> dict[str, Any]:
         """What the repo holds: entities, views with their features and materialized intervals, and its stores."""
+        from notebench.state.uri import mask_uri
+
+        sqlite = self.online_uri.strip().lower() == "sqlite"
         info: dict[str, Any] = {"repo": str(self.path), "project": self.project, "applied": False,
-                                "registry": str(self.registry_path), "offline_store": "duckdb (ASOF joins)",
-                                "online_store": f"sqlite {self.online_path}"}
-        if not self.registry_path.is_file():
+                                "registry": mask_uri(self.registry_uri) or str(self.registry_path),
+                                "offline_store": "duckdb (ASOF joins)",
+                                "online_store": f"sqlite {self.online_path}" if sqlite else
+                                f"postgres {mask_uri(self.online_uri)}"}
+        if not (self.path / "feature_store.yaml").is_file() or not (self.registry_uri or self.registry_path.is_file()):
             return info
         store = self.store
         store.refresh_registry()

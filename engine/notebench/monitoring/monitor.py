@@ -35,14 +35,16 @@ the version's holdout recorded (its registry tag), with the task's own metrics b
 Multiclass labels are matched with the classes as text (a label `2.0` is the class `2`); a label that is no class of
 the version is left out of the window's quality, and counted.
 
-Where results live, and why SQLite. `<workspace>/monitoring/monitoring.db` holds one row per (window, check,
-feature) (`read_results`), the windows, and the per-version watermark of the last judged row. Results and the
-watermark that says they exist are written in **one transaction**: a pass that dies half-way leaves neither, so the
-next pass judges the same rows again and every row is judged exactly once — a folder of Parquet segments would need
-the results file and a separate watermark file to agree after a crash, which no rename makes atomic. The volume suits
-SQLite (about 50 rows per window of a thousand predictions), WAL mode lets the dashboards read while a pass writes,
-and a second pass started meanwhile (cron and `notebench watch`) waits on a lock and then sees the first one's
-watermark. The prediction log itself stays Parquet: that is the hot path, and SQLite is only the ledger of verdicts.
+Where results live, and why a database. The state database (`[state] uri`: SQLite in the workspace, PostgreSQL
+for a team) holds one row per (window, check, feature) (`monitoring_results`, `read_results`), the windows, and the
+per-version watermark of the last judged row (`monitoring_cursors`). Results and the watermark that says they exist
+are written in **one transaction**: a pass that dies half-way leaves neither, so the next pass judges the same rows
+again and every row is judged exactly once — a folder of Parquet segments would need the results file and a separate
+watermark file to agree after a crash, which no rename makes atomic. The volume suits it (about 50 rows per window
+of a thousand predictions), readers (the dashboards) go on while a pass writes, and a second pass started meanwhile
+(cron and `notebench watch`, on any machine) waits on the state's `monitor` lock and then sees the first one's
+watermark. The prediction log itself stays Parquet: that is the hot path, and the database is only the ledger of
+verdicts.
 
 Rows younger than `[monitoring] settle` seconds are left for the next pass: the service logs a request after it is
 answered and flushes every `[serving] flush_interval`, so a younger row may still be on its way to disk.
@@ -50,10 +52,8 @@ answered and flushes every `[serving] flush_interval`, so a younger row may stil
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -62,6 +62,7 @@ from pathlib import Path
 
 from notebench.errors import NotebenchError
 from notebench.pipeline.store import atomic_write_json
+from notebench.state.store import LockBusy, open_state
 from notebench.workspace import Workspace
 
 __all__ = ["CHECKS", "Alert", "MonitorBusy", "MonitorReport", "MonitoringError", "monitor", "read_results",
@@ -142,79 +143,43 @@ class MonitorReport:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the store: SQLite in the workspace
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    window_id TEXT NOT NULL, window_start TEXT, window_end TEXT, model_name TEXT, model_version TEXT, rows INTEGER,
-    "check" TEXT NOT NULL, feature TEXT NOT NULL DEFAULT '', method TEXT, statistic REAL, threshold REAL,
-    alert INTEGER NOT NULL, details TEXT, pass_id TEXT, recorded_at TEXT);
-CREATE INDEX IF NOT EXISTS results_window ON results (window_id);
-CREATE TABLE IF NOT EXISTS windows (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, window_id TEXT UNIQUE NOT NULL, model_name TEXT, model_version TEXT,
-    window_start TEXT, window_end TEXT, rows INTEGER, first_t INTEGER, first_request TEXT, first_row INTEGER,
-    last_t INTEGER, last_request TEXT, last_row INTEGER, dataset_drift INTEGER, drifted TEXT, labels INTEGER
-    NOT NULL DEFAULT 0, quality_done INTEGER NOT NULL DEFAULT 0, pass_id TEXT);
-CREATE TABLE IF NOT EXISTS cursors (
-    model_name TEXT NOT NULL, model_version TEXT NOT NULL, last_t INTEGER, last_request TEXT, last_row INTEGER,
-    PRIMARY KEY (model_name, model_version));
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS passes (
-    pass_id TEXT PRIMARY KEY, started TEXT, finished TEXT, rows_read INTEGER, windows INTEGER, scored INTEGER,
-    alerts INTEGER, mlflow_run_id TEXT);
-"""
+# the store: tables monitoring_* of the state database (notebench.state.schema)
 
 
 def _folder(ws) -> Path:
     return Path(ws.root) / "monitoring"
 
 
-def _connect(ws) -> sqlite3.Connection:
-    folder = _folder(ws)
-    folder.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(folder / "monitoring.db", timeout=60)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(SCHEMA)
-    return con
+def _sql(text: str):
+    import sqlalchemy as sa
+
+    return sa.text(text)
 
 
 @contextmanager
-def _pass_lock(ws, wait: float):
-    """One pass at a time per workspace: wait up to `wait` seconds for another to finish, then give up."""
-    path = _folder(ws) / "monitor.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise MonitorBusy(f"another monitoring pass holds {path}; try again when it has finished"
-                                      ) from None
-                time.sleep(0.2)
-        try:
+def _pass_lock(state, wait: float):
+    """One pass at a time per state database: wait up to `wait` seconds for another to finish, then give up."""
+    try:
+        with state.lock("monitor").held(wait=wait):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except LockBusy as exc:
+        raise MonitorBusy(f"another monitoring pass ({exc.holder or 'another process'}) holds the monitoring lock of "
+                          f"{state.shown}; try again when it has finished") from None
 
 
 def read_results(workspace=None, *, since=None, model_version: str | None = None):
     """The monitoring results table: one row per (window, check, feature), oldest window first."""
     import pandas as pd
 
-    ws = Workspace.of(workspace)
-    if not (_folder(ws) / "monitoring.db").exists():
-        return pd.DataFrame({c: [] for c in RESULT_COLUMNS}).astype({"alert": bool})
-    query, args = "SELECT r.* FROM results r JOIN windows w USING (window_id) WHERE 1=1", []
+    columns = ", ".join(f'r."{c}"' for c in RESULT_COLUMNS)
+    query = f"SELECT {columns} FROM monitoring_results r JOIN monitoring_windows w USING (window_id) WHERE 1=1"
+    args: dict = {}
     if since is not None:
-        query, args = query + " AND r.window_end >= ?", [*args, _iso(since)]
+        query, args = query + " AND r.window_end >= :since", {**args, "since": _iso(since)}
     if model_version is not None:
-        query, args = query + " AND r.model_version = ?", [*args, str(model_version)]
-    with _closing(_connect(ws)) as con:
-        frame = pd.read_sql_query(query + " ORDER BY w.seq, r.rowid", con, params=args)
+        query, args = query + " AND r.model_version = :version", {**args, "version": str(model_version)}
+    with open_state(Workspace.of(workspace)).read() as con:
+        frame = pd.read_sql_query(_sql(query + " ORDER BY w.seq, r.id"), con, params=args)
     frame["alert"] = frame["alert"].astype(bool)
     frame["feature"] = frame["feature"].fillna("")
     return frame
@@ -224,21 +189,12 @@ def read_windows(workspace=None):
     """The windows judged so far: version, span, rows, dataset drift, drifted features, labels, quality judged."""
     import pandas as pd
 
-    ws = Workspace.of(workspace)
-    if not (_folder(ws) / "monitoring.db").exists():
+    with open_state(Workspace.of(workspace)).read() as con:
+        frame = pd.read_sql_query(_sql("SELECT * FROM monitoring_windows ORDER BY seq"), con)
+    if not len(frame):
         return pd.DataFrame()
-    with _closing(_connect(ws)) as con:
-        frame = pd.read_sql_query("SELECT * FROM windows ORDER BY seq", con)
     frame["drifted"] = frame["drifted"].map(lambda t: json.loads(t) if t else [])
     return frame
-
-
-@contextmanager
-def _closing(con):
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -652,7 +608,7 @@ def _by_version(frame):
 class _Pass:
     ws: object
     th: Thresholds
-    con: sqlite3.Connection
+    con: object  # a read connection of the state database (sqlalchemy.Connection)
     report: MonitorReport
     client: object = None
     references: dict = field(default_factory=dict)
@@ -686,14 +642,14 @@ class _Pass:
 
 
 def _cursor(con, name: str, version: str) -> tuple | None:
-    got = con.execute("SELECT last_t, last_request, last_row FROM cursors WHERE model_name=? AND model_version=?",
-                      (name, version)).fetchone()
+    got = con.execute(_sql("SELECT last_t, last_request, last_row FROM monitoring_cursors WHERE model_name = :n AND "
+                           "model_version = :v"), {"n": name, "v": version}).fetchone()
     return tuple(got) if got else None
 
 
 def _read_from(con) -> int | None:
     """Where the next read of the log starts (us): the oldest row the last pass left unjudged, else its newest row."""
-    got = con.execute("SELECT value FROM state WHERE key = 'read_from'").fetchone()
+    got = con.execute(_sql("SELECT value FROM monitoring_state WHERE key = 'read_from'")).fetchone()
     return None if got is None else int(got[0])
 
 
@@ -774,7 +730,7 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
 
     from notebench.serving.predlog import read_feedback, read_predictions
 
-    pending = pd.read_sql_query("SELECT * FROM windows WHERE quality_done = 0 ORDER BY seq", p.con)
+    pending = pd.read_sql_query(_sql("SELECT * FROM monitoring_windows WHERE quality_done = 0 ORDER BY seq"), p.con)
     pending = pd.concat([pending, pd.DataFrame(p.windows)], ignore_index=True) if p.windows else pending
     if not len(pending):
         return
@@ -783,7 +739,7 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
     if not len(feedback):
         return
     newest = int(feedback["time"].dt.tz_convert("UTC").dt.as_unit("us").astype("int64").max())
-    before = p.con.execute("SELECT value FROM state WHERE key = 'feedback_t'").fetchone()
+    before = p.con.execute(_sql("SELECT value FROM monitoring_state WHERE key = 'feedback_t'")).fetchone()
     waiting = (pd.to_numeric(pending["labels"], errors="coerce").fillna(0) >= p.th.min_labels).any() \
         if "labels" in pending else False
     if before is not None and newest <= int(before[0]) and not waiting and not p.windows:
@@ -864,31 +820,33 @@ def _join_labels(logged, feedback):
 
 def _commit(p: _Pass, started: str) -> None:
     """Results, windows, label counts and watermarks in one transaction: all of this pass, or none of it."""
-    now = _now()
-    with p.con:
-        p.con.executemany(
-            'INSERT INTO windows (window_id, model_name, model_version, window_start, window_end, rows, first_t, '
-            'first_request, first_row, last_t, last_request, last_row, dataset_drift, drifted, pass_id) VALUES '
-            '(:window_id, :model_name, :model_version, :window_start, :window_end, :rows, :first_t, :first_request, '
-            ':first_row, :last_t, :last_request, :last_row, :dataset_drift, :drifted, :pass_id)', p.windows)
-        p.con.executemany(
-            'INSERT INTO results (window_id, window_start, window_end, model_name, model_version, rows, "check", '
-            'feature, method, statistic, threshold, alert, details, pass_id, recorded_at) '
-            'VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-            [(r["window_id"], r["window_start"], r["window_end"], r["model_name"], r["model_version"], r["rows"],
-              r["check"], r["feature"], r["method"], r["statistic"], r["threshold"], int(r["alert"]),
-              json.dumps(r["details"], default=str), p.report.pass_id, now) for r in p.results])
-        p.con.executemany("UPDATE windows SET labels = ? WHERE window_id = ?",
-                          [(n, wid) for wid, n in p.labels.items()])
-        p.con.executemany("UPDATE windows SET quality_done = 1 WHERE window_id = ?", [(w,) for w in p.quality_done])
-        p.con.executemany("INSERT INTO cursors VALUES (?,?,?,?,?) ON CONFLICT (model_name, model_version) DO UPDATE "
-                          "SET last_t=excluded.last_t, last_request=excluded.last_request, last_row=excluded.last_row",
-                          [(n, v, *c) for (n, v), c in p.cursors.items()])
-        p.con.executemany("INSERT INTO state VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                          list(p.state.items()))
-        p.con.execute("INSERT INTO passes VALUES (?,?,?,?,?,?,?,?)",
-                      (p.report.pass_id, started, now, p.report.rows_read, len(p.report.windows),
-                       len(p.report.quality), len(p.report.alerts), None))
+    from notebench.state import schema
+
+    now, state = _now(), open_state(p.ws)
+    windows = [{k: w[k] for k in ("window_id", "model_name", "model_version", "window_start", "window_end", "rows",
+                                  "first_t", "first_request", "first_row", "last_t", "last_request", "last_row",
+                                  "dataset_drift", "drifted", "pass_id")} for w in p.windows]
+    results = [{"window_id": r["window_id"], "window_start": r["window_start"], "window_end": r["window_end"],
+                "model_name": r["model_name"], "model_version": r["model_version"], "rows": r["rows"],
+                "check": r["check"], "feature": r["feature"], "method": r["method"], "statistic": r["statistic"],
+                "threshold": r["threshold"], "alert": int(r["alert"]), "details": json.dumps(r["details"], default=str),
+                "pass_id": p.report.pass_id, "recorded_at": now} for r in p.results]
+    with state.write() as con:
+        if windows:
+            con.execute(schema.monitoring_windows.insert(), windows)
+        if results:
+            con.execute(schema.monitoring_results.insert(), results)
+        for wid, n in p.labels.items():
+            con.execute(_sql("UPDATE monitoring_windows SET labels = :n WHERE window_id = :w"), {"n": n, "w": wid})
+        for wid in p.quality_done:
+            con.execute(_sql("UPDATE monitoring_windows SET quality_done = 1 WHERE window_id = :w"), {"w": wid})
+        state.upsert(con, schema.monitoring_cursors, [
+            {"model_name": n, "model_version": v, "last_t": int(c[0]), "last_request": c[1], "last_row": int(c[2])}
+            for (n, v), c in p.cursors.items()], ["model_name", "model_version"])
+        state.upsert(con, schema.monitoring_state, [{"key": k, "value": v} for k, v in p.state.items()], ["key"])
+        con.execute(schema.monitoring_passes.insert().values(
+            pass_id=p.report.pass_id, started=started, finished=now, rows_read=p.report.rows_read,
+            windows=len(p.report.windows), scored=len(p.report.quality), alerts=len(p.report.alerts)))
 
 
 def monitor(workspace=None, *, log_to_mlflow: bool = True, settle: float | None = None, until=None,
@@ -901,19 +859,21 @@ def monitor(workspace=None, *, log_to_mlflow: bool = True, settle: float | None 
     cutoff = int((_parse_time(until) if until is not None else time.time() - settle) * 1e6)
     started = _now()
     report = MonitorReport(pass_id=datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ"))
-    with _pass_lock(ws, wait), _closing(_connect(ws)) as con:
+    state = open_state(ws)
+    with _pass_lock(state, wait), state.engine.connect() as con:
         p = _Pass(ws, th, con, report)
         frame = _read_new(ws, _read_from(con), cutoff)
         _judge_new_rows(p, frame)
         _score_labelled(p, cutoff)
+        con.rollback()  # the reads are done: the pass writes in one transaction of its own
         _commit(p, started)
         report.message = _message(report)
         if log_to_mlflow and not report.nothing_new:
             try:
                 report.mlflow_run_id = _log_pass(p, parent_run_id)
-                con.execute("UPDATE passes SET mlflow_run_id = ? WHERE pass_id = ?",
-                            (report.mlflow_run_id, report.pass_id))
-                con.commit()
+                with state.write() as w:
+                    w.execute(_sql("UPDATE monitoring_passes SET mlflow_run_id = :r WHERE pass_id = :p"),
+                              {"r": report.mlflow_run_id, "p": report.pass_id})
             except Exception as exc:  # the verdicts are stored; MLflow is a copy
                 report.mlflow_error = f"{type(exc).__name__}: {exc}"
     return report
@@ -956,7 +916,8 @@ def _log_pass(p: _Pass, parent_run_id: str | None) -> str:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment, run_name=f"monitor {p.report.pass_id}", tags=tags)
     run_id = run.info.run_id
-    seqs = dict(p.con.execute("SELECT window_id, seq FROM windows").fetchall())
+    with open_state(p.ws).read() as con:
+        seqs = dict(con.execute(_sql("SELECT window_id, seq FROM monitoring_windows")).fetchall())
     metrics = []
     for r in p.results:
         if r["statistic"] is None:

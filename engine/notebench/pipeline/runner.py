@@ -26,6 +26,8 @@ from notebench.pipeline.notebooks import read_notebook
 from notebench.pipeline.progress import Progress, TerminalProgress
 from notebench.pipeline.spec import INJECTED, PipelineSpec, StepSpec, find_pipeline, load_spec
 from notebench.pipeline.store import PipelineStore, RunRecord, new_run_id
+from notebench.state.services import check_tracking
+from notebench.state.uri import mask_uri
 from notebench.workspace import Workspace, git_info
 
 __all__ = ["RunOptions", "StepPlan", "explain", "resolve", "run", "run_pipeline"]
@@ -349,7 +351,7 @@ class _Run:
     def _context(self, step: StepSpec, records: Path) -> dict:
         return {"pipeline": self.spec.name, "step": step.name, "run_id": self.run_id, "run_dir": str(self.run_dir),
                 "lineage": self.lineage is not None,
-                "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
+                "tracking_uri": mask_uri(self.ws.tracking_uri), "registry_uri": mask_uri(self.ws.registry_uri),
                 "workspace": str(self.ws.root), "records": str(records), "trigger": self.opts.trigger,
                 "env": self.opts.env, "bundle": self.record.get("bundle"), "git": self.record["git"],
                 "previous": {p: str(self.store.product_dir(step.name) / f) for p, f in step.products.items()}}
@@ -369,7 +371,7 @@ class _Run:
             return
         self.lineage = LineageClient(self.run_dir, {
             "tracking_uri": self.ws.tracking_uri, "registry_uri": self.ws.registry_uri,
-            "experiment": self.ws.experiment, "artifact_location": (self.ws.artifacts / self.ws.experiment).as_uri(),
+            "experiment": self.ws.experiment, "artifact_location": self.ws.artifact_location(),
             "run_dir": str(self.run_dir)})
         git = self.record["git"]
         self.lineage.send({"op": "start", "key": "pipeline", "name": f"{self.spec.name} {self.run_id}",
@@ -484,6 +486,7 @@ def run_pipeline(pipeline: str | Path, options: RunOptions | None = None, progre
     opts = options or RunOptions()
     spec, release = resolve(pipeline, ws, opts.env)
     ws.ensure()  # the workspace and its .gitignore, wherever settings put it
+    check_tracking(ws)  # a server that is down is an error naming it now, before the lock, a record or a step
     store = PipelineStore(ws.root, spec.name, env=opts.env)
     store.lock(wait=opts.wait)
     try:

@@ -14,22 +14,33 @@ What lives where:
 | `notebench.model_uri` | version | the logged model it was registered from (registering it again reuses the version) |
 | `notebench.deploy_check.*` | version | the last `notebench deploy-check`: status, at, qps, p50/p99, reasons, run |
 | `notebench.promoted.*`, `notebench.forced.*` | version | who promoted it, when, why; a forced promotion's override |
-| `notebench.champion_history` | registered model | JSON list of every champion change: who, when, why |
+| `notebench.champion_history` | registered model | a readable copy of the champion history (folded to fit a tag) |
 
-The champion history is the source of truth for rollback: promotions push a version, rollbacks pop back to the
-previous one, so "roll back twice" walks back two champions. It survives reopening the store because it is a tag
-in the registry itself, not a local file. Writes to it are read-modify-write: one writer at a time.
+The champion history lives in the state database (`notebench.state`, table `champion_history`: SQLite in the
+workspace, PostgreSQL for a team) and is the source of truth for rollback: promotions push a version, rollbacks pop
+back to the previous one, so "roll back twice" walks back two champions. A champion change is atomic: under the
+state's lock `champion:<model>` (flock, or a PostgreSQL advisory lock shared by every machine) it reads the current
+champion, checks the gates, then records the event and moves the alias in one transaction of the state database
+(the alias moves last, inside it: an alias that cannot move leaves no event behind). So two promoters at once
+queue behind each other: the second sees the first's champion as `previous`, and no event is lost, which a JSON
+tag rewritten by read-modify-write could not promise. The registered model's tag is rewritten from the table
+afterwards, for people browsing MLflow; a registry whose history is only in that tag (from before the state
+database) has it imported on its first champion change.
+
+Functions that touch the history take `state=` (a `notebench.state.State`); None opens the settings' workspace's.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from notebench.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousChampion, RegistryError
@@ -37,6 +48,8 @@ from notebench.errors import DeployCheckRequired, ModelNotBlessed, NoPreviousCha
 __all__ = ["BLESSED_TAG", "CHALLENGER", "CHAMPION", "DEPLOY_CHECK_TAG", "HISTORY_TAG", "METRIC_PREFIX", "NO_BASELINE",
            "REASONS_TAG", "blessing", "blessing_markdown", "blessing_tags", "champion", "deploy_checked", "history",
            "infra_check", "metric_tags", "promote", "register", "rollback", "set_aliases", "versions"]
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 BLESSED_TAG = "notebench.blessed"
@@ -46,6 +59,7 @@ SOURCE_TAG = "notebench.model_uri"
 HISTORY_TAG = "notebench.champion_history"
 DEPLOY_CHECK_TAG = "notebench.deploy_check.status"  # passed | failed, written by `notebench deploy-check`
 HISTORY_LIMIT = 90_000  # characters kept in the history tag (MLflow allows 100,000 in a registered-model tag)
+CHAMPION_WAIT = 120.0  # seconds a champion change waits for another one of the same model to finish
 NO_BASELINE = "no champion yet: no baseline to compare with"
 
 
@@ -339,8 +353,26 @@ def versions(client, model_name: str) -> list[dict]:
 
 
 # champion history -------------------------------------------------------------------------------------------
-def history(client, model_name: str) -> list[dict]:
-    """Every recorded champion change, oldest first: action, version, previous, who, when, why, forced."""
+def _open(state):
+    """`state`, or the settings' workspace's state database."""
+    if state is not None:
+        return state
+    from notebench.state.store import open_state
+
+    return open_state()
+
+
+def _stored(conn, model_name: str) -> list[dict]:
+    from sqlalchemy import select
+
+    from notebench.state.schema import champion_history as t
+
+    return [json.loads(text) for text in conn.execute(
+        select(t.c.event).where(t.c.model == model_name).order_by(t.c.id)).scalars()]
+
+
+def _tagged(client, model_name: str) -> list[dict]:
+    """The history as the registered model's tag holds it (the only copy before the state database)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -350,6 +382,13 @@ def history(client, model_name: str) -> list[dict]:
             return []
         raise
     return json.loads(text) if text else []
+
+
+def history(client, model_name: str, *, state=None) -> list[dict]:
+    """Every recorded champion change, oldest first: action, version, previous, who, when, why, forced."""
+    with _open(state).read() as conn:
+        events = _stored(conn, model_name)
+    return events or _tagged(client, model_name)
 
 
 def _stack(events: list[dict]) -> list[str]:
@@ -368,7 +407,8 @@ def _stack(events: list[dict]) -> list[str]:
 
 
 def _save_history(client, model_name: str, events: list[dict]) -> None:
-    """Write the history; when it outgrows MLflow's tag limit, fold the oldest events into a baseline."""
+    """Write the tag copy of the history; when it outgrows MLflow's tag limit, fold the oldest events into a
+    baseline (the state database keeps every event)."""
     text = json.dumps(events)
     while len(text) > HISTORY_LIMIT and len(events) > 2:
         cut = max(2, len(events) // 10)  # at least two events become one baseline: the text shrinks
@@ -383,8 +423,38 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _record(client, model_name: str, event: dict) -> dict:
-    _save_history(client, model_name, history(client, model_name) + [event])
+@contextmanager
+def _changing(state, model_name: str):
+    """Hold the model's champion lock: one champion change at a time, on every machine sharing the state."""
+    from notebench.state.store import LockBusy
+
+    try:
+        with state.lock(f"champion:{model_name}").held(wait=CHAMPION_WAIT):
+            yield
+    except LockBusy as exc:
+        raise RegistryError(f"another champion change is in progress ({exc.holder or 'another process'}) and did not "
+                            f"finish within {CHAMPION_WAIT:g} s; try again", model=model_name) from None
+
+
+def _move(client, state, model_name: str, version: str, event: dict) -> dict:
+    """Record `event` and point `champion` at `version` in one transaction of the state database; then refresh
+    the tag copy of the history. Called under `_changing`."""
+    from notebench.state.schema import champion_history as t
+
+    with state.write() as conn:
+        events = _stored(conn, model_name)
+        if not events:  # a registry from before the state database: its history so far comes from the tag
+            events = _tagged(client, model_name)
+            for old in events:
+                conn.execute(t.insert().values(model=model_name, action=old["action"], version=old.get("version"),
+                                               event=json.dumps(old)))
+        conn.execute(t.insert().values(model=model_name, action=event["action"], version=event["version"],
+                                       event=json.dumps(event)))
+        client.set_registered_model_alias(model_name, CHAMPION, version)  # last: if it fails, nothing is recorded
+    try:
+        _save_history(client, model_name, events + [event])
+    except Exception as exc:  # the change is made and recorded; the tag is only a copy for people
+        log.warning("model %s: champion history tag not refreshed (%s); the state database has it", model_name, exc)
     return event
 
 
@@ -394,9 +464,16 @@ def deploy_checked(tags: dict) -> bool:
 
 
 def promote(client, model_name: str, version, *, force: bool = False, reason: str = "", who: str = "",
-            require_deploy_check: bool = False) -> dict:
+            require_deploy_check: bool = False, state=None) -> dict:
     """Make `version` the champion. An unblessed version, or one without a passed deploy-check when
     `require_deploy_check` (`[gates] deploy_check`), needs `force` and a reason; the override is recorded."""
+    state = _open(state)
+    with _changing(state, model_name):
+        return _promote(client, model_name, version, force, reason, who, require_deploy_check, state)
+
+
+def _promote(client, model_name: str, version, force: bool, reason: str, who: str, require_deploy_check: bool,
+             state) -> dict:
     mv = _version(client, model_name, version)
     version, who, when = str(mv.version), who or getpass.getuser(), _now()
     blessed = _blessed(mv.tags) is True
@@ -415,7 +492,6 @@ def promote(client, model_name: str, version, *, force: bool = False, reason: st
         raise RegistryError(f"forcing past the {' and '.join(overridden)} gate needs a reason, for the record",
                             model=model_name, version=version)
     forced = bool(overridden)
-    client.set_registered_model_alias(model_name, CHAMPION, version)
     tags = {"notebench.promoted.at": when, "notebench.promoted.by": who,
             "notebench.promoted.reason": reason or "blessed"}
     if forced:
@@ -425,7 +501,7 @@ def promote(client, model_name: str, version, *, force: bool = False, reason: st
         client.set_model_version_tag(model_name, version, key, value)
     event = {"action": "promote", "version": version, "previous": previous, "who": who, "when": when,
              "why": reason or "blessed", "forced": forced, **({"overrode": overridden} if forced else {})}
-    return {**_record(client, model_name, event), "changed": True}
+    return {**_move(client, state, model_name, version, event), "changed": True}
 
 
 def _exists(client, model_name: str, version: str) -> bool:
@@ -436,9 +512,15 @@ def _exists(client, model_name: str, version: str) -> bool:
     return True
 
 
-def rollback(client, model_name: str, who: str = "", reason: str = "") -> dict:
+def rollback(client, model_name: str, who: str = "", reason: str = "", *, state=None) -> dict:
     """Move `champion` back to the previous champion in the history (deleted versions are passed over)."""
-    events, current = history(client, model_name), champion(client, model_name)
+    state = _open(state)
+    with _changing(state, model_name):
+        return _rollback(client, model_name, who, reason, state)
+
+
+def _rollback(client, model_name: str, who: str, reason: str, state) -> dict:
+    events, current = history(client, model_name, state=state), champion(client, model_name)
     stack = _stack(events)
     if current is not None and (not stack or stack[-1] != current):
         stack.append(current)  # the alias was moved outside Notebench: that move is the one undone
@@ -451,10 +533,9 @@ def rollback(client, model_name: str, who: str = "", reason: str = "") -> dict:
     else:
         raise NoPreviousChampion("no earlier champion to roll back to"
                                  + (f" (versions {', '.join(gone)} are deleted)" if gone else ""), model=model_name)
-    client.set_registered_model_alias(model_name, CHAMPION, target)
     why = reason or "rollback"
     if gone:
         why += f" (passed over deleted versions {', '.join(gone)})"
     event = {"action": "rollback", "version": target, "previous": current, "who": who or getpass.getuser(),
              "when": _now(), "why": why, "forced": False}
-    return _record(client, model_name, event)
+    return _move(client, state, model_name, target, event)

@@ -31,7 +31,6 @@ Everything that runs in an environment runs in its release's venv with its relea
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import json
 import os
@@ -144,10 +143,12 @@ class Environment:
 
     @contextlib.contextmanager
     def changing(self):
-        """Hold this environment's deploy lock (deploys and rollbacks of one environment queue behind each other)."""
+        """Hold this environment's deploy lock (deploys and rollbacks of one environment queue behind each other, on
+        every machine sharing the state database)."""
+        from notebench.state.store import open_state
+
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "deploy.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with open_state(self.ws).lock(f"deploy:{self.name}").held(wait=None):
             yield
 
     def switch(self, bundle_hash: str) -> None:
@@ -273,7 +274,7 @@ class _Locked:
         except PipelineBusy:
             for store in held:
                 store.unlock()
-            holder = (store.root / "lock").read_text().strip() or "another process"
+            holder = store.holder() or "another process"
             raise PipelineBusy(f"environment '{self.env}': refusing to change it while pipeline "
                                f"'{store.pipeline}' runs there ({holder}); the environment is unchanged, try "
                                "again when the run has finished") from None

@@ -1,27 +1,30 @@
-"""The trigger event store: every trigger event, durable in SQLite (WAL) inside the workspace, and what became of it.
+"""The trigger event store: every trigger event, durable in the state database (`[state] uri`), and what became of it.
 
 ```
-<workspace>/triggers/events.db    events (id, time, kind, reason, source, details, status, run_id, ...), state
+trigger_events   id, queue, time, kind, reason, source, details, status, run_id, coalesced_into, note, key, updated
+trigger_state    the sources' small durable state (the last schedule fired, batches seen), per queue
 ```
+One queue per pipeline state: '' for the project's own runs, the environment's name for its deployed pipeline.
 An event is `queued` until a pass of the trigger service decides: the first queued event that starts a run is
 `started` (with the run id), the others of the same pass are `coalesced` into it (same run id), and events that
 may not start training are `skipped` with the reason in `note` (a kind not enabled, or drift in its cooldown).
-Writes run in `BEGIN IMMEDIATE` transactions, so concurrent writers queue behind each other and never
-interleave; a source's `key` makes an event unique per kind, so a condition seen twice is recorded once.
+Writes are transactions of the state database taken one after another (SQLite's `BEGIN IMMEDIATE`, a transaction
+lock on PostgreSQL), so concurrent writers queue behind each other and never interleave, and `updated` grows in
+commit order; a source's `key` makes an event unique per kind, so a condition seen twice is recorded once.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import socket
-import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from notebench.errors import NotebenchError
+from notebench.state import schema
+from notebench.state.store import holder_name, open_state
 from notebench.workspace import Workspace
 
 __all__ = ["STATUSES", "Event", "EventStore", "TriggerInputError", "enqueue", "read_events"]
@@ -29,26 +32,7 @@ __all__ = ["STATUSES", "Event", "EventStore", "TriggerInputError", "enqueue", "r
 STATUSES = ("queued", "started", "coalesced", "skipped")
 COLUMNS = ("id", "time", "kind", "reason", "source", "status", "run_id", "coalesced_into", "details", "note",
            "key", "updated")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,               -- when it was enqueued (epoch seconds, UTC)
-    kind TEXT NOT NULL,               -- schedule, new_data, drift, quality, on_demand, or a registered kind
-    reason TEXT NOT NULL,             -- why, for people
-    source TEXT,                      -- who or what enqueued it (user@host, the source's name)
-    details TEXT NOT NULL DEFAULT '{}',  -- JSON: what the source saw
-    status TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'started', 'coalesced', 'skipped')),
-    run_id TEXT,                      -- the pipeline run it started or was coalesced into
-    coalesced_into INTEGER REFERENCES events(id),
-    note TEXT,                        -- why it was skipped, requeued, ...
-    key TEXT,                         -- unique per kind when set: the condition it stands for
-    updated REAL NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_kind_key ON events(kind, key) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_status ON events(status);
-CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+EVENTS, STATE = schema.trigger_events, schema.trigger_state
 
 
 class TriggerInputError(NotebenchError):
@@ -75,8 +59,8 @@ class Event:
     updated: float | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Event:
-        data = dict(row)
+    def from_row(cls, row) -> Event:
+        data = {c: row._mapping[c] for c in COLUMNS}
         data["details"] = json.loads(data["details"] or "{}")
         return cls(**data)
 
@@ -91,28 +75,19 @@ class Event:
 
 def who() -> str:
     """user@host, for events a person enqueued."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    return holder_name().split(" pid ")[0]
 
 
 class EventStore:
-    """The SQLite file of one workspace's trigger events (one per environment); one connection per instance, used
-    by one thread."""
+    """The trigger events of one workspace's queue (one per environment) in its state database."""
 
     def __init__(self, workspace=None, env: str | None = None):
         self.ws = Workspace.of(workspace)
-        self.path = self.ws.path("triggers", f"events@{env}.db" if env else "events.db")
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives a power cut
-        self.db.executescript(SCHEMA)
+        self.queue = env or ""  # '' for the project's own pipeline, else the environment's name
+        self.db = open_state(self.ws)  # the state database
 
     def close(self) -> None:
-        self.db.close()
+        pass  # connections go back to the state's pool after each transaction
 
     def __enter__(self) -> EventStore:
         return self
@@ -122,14 +97,12 @@ class EventStore:
 
     @contextmanager
     def transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT: one writer at a time; rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        """One write transaction of the queue, taken after the previous one committed; rolled back on any error."""
+        with self.db.write(serial="trigger_events") as conn:
+            yield conn
+
+    def _mine(self):
+        return EVENTS.c.queue == self.queue
 
     # writing --------------------------------------------------------------------------------------------
     def add(self, kind: str, reason: str, *, details: dict | None = None, source: str | None = None,
@@ -137,80 +110,83 @@ class EventStore:
         """Record a queued event; None when an event of this kind with this `key` already exists."""
         with self.transaction() as db:  # `updated` is taken under the write lock: commit order is `updated` order
             stamp = time.time()
-            cur = db.execute("INSERT OR IGNORE INTO events (time, kind, reason, source, details, key, updated) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (stamp if now is None else now, kind, reason, source,
-                                                              json.dumps(details or {}, default=str), key, stamp))
-            if not cur.rowcount:
-                return None
-            return self.get(cur.lastrowid)
+            new_id = self.db.insert_ignore(db, EVENTS, {
+                "queue": self.queue, "time": stamp if now is None else now, "kind": kind, "reason": reason,
+                "source": source, "details": json.dumps(details or {}, default=str), "key": key, "status": "queued",
+                "updated": stamp}, returning="id")
+            return None if new_id is None else self._get(db, new_id)
 
     def settle(self, ids: list[int], status: str, *, run_id: str | None = None, into: int | None = None,
                note: str | None = None) -> int:
         """Move the still-queued events `ids` to `status`; return how many moved."""
         with self.transaction() as db:
-            return _settle(db, ids, status, run_id, into, note)
+            return self._settle(db, ids, status, run_id, into, note)
 
     def start(self, ids: list[int], run_id: str) -> int:
         """In one transaction: the first of `ids` started `run_id`, the others are coalesced into it."""
         with self.transaction() as db:
-            return (_settle(db, ids[:1], "started", run_id, None, None)
-                    + _settle(db, ids[1:], "coalesced", run_id, ids[0], None))
+            return (self._settle(db, ids[:1], "started", run_id, None, None)
+                    + self._settle(db, ids[1:], "coalesced", run_id, ids[0], None))
 
     def requeue(self, run_id: str, note: str) -> int:
         """Put the events of `run_id` back in the queue (its run was interrupted); return how many."""
         with self.transaction() as db:
-            cur = db.execute("UPDATE events SET status = 'queued', run_id = NULL, coalesced_into = NULL, note = ?, "
-                             "updated = ? WHERE run_id = ? AND status IN ('started', 'coalesced')",
-                             (note, time.time(), run_id))
-            return cur.rowcount
+            return db.execute(EVENTS.update().where(self._mine(), EVENTS.c.run_id == run_id,
+                                                    EVENTS.c.status.in_(("started", "coalesced")))
+                              .values(status="queued", run_id=None, coalesced_into=None, note=note,
+                                      updated=time.time())).rowcount
+
+    def _settle(self, db, ids, status, run_id, into, note) -> int:
+        if not ids:
+            return 0
+        return db.execute(EVENTS.update().where(self._mine(), EVENTS.c.status == "queued", EVENTS.c.id.in_(ids))
+                          .values(status=status, run_id=run_id, coalesced_into=into, note=note,
+                                  updated=time.time())).rowcount
 
     # reading --------------------------------------------------------------------------------------------
+    def _select(self, *where, order=EVENTS.c.id, limit: int | None = None) -> list[Event]:
+        query = sa.select(EVENTS).where(self._mine(), *where).order_by(order)
+        with self.db.read() as db:
+            return [Event.from_row(r) for r in db.execute(query.limit(limit) if limit else query)]
+
+    def _get(self, db, event_id: int) -> Event:
+        return Event.from_row(db.execute(sa.select(EVENTS).where(self._mine(), EVENTS.c.id == event_id)).one())
+
     def get(self, event_id: int) -> Event:
-        return Event.from_row(self.db.execute("SELECT * FROM events WHERE id = ?", (event_id,)).fetchone())
+        with self.db.read() as db:
+            return self._get(db, event_id)
 
     def queued(self) -> list[Event]:
         """Every queued event, oldest first."""
-        return [Event.from_row(r) for r in self.db.execute("SELECT * FROM events WHERE status = 'queued' ORDER BY id")]
+        return self._select(EVENTS.c.status == "queued")
 
     def since(self, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """Events with id above `after_id`, oldest first (the newest `limit` when given)."""
-        sql = "SELECT * FROM events WHERE id > ? ORDER BY id DESC" + (" LIMIT ?" if limit else "")
-        rows = self.db.execute(sql, (after_id, limit) if limit else (after_id,)).fetchall()
-        return [Event.from_row(r) for r in reversed(rows)]
+        return list(reversed(self._select(EVENTS.c.id > after_id, order=EVENTS.c.id.desc(), limit=limit)))
 
     def changed_since(self, when: float) -> list[Event]:
         """Events updated after `when`, oldest first."""
-        return [Event.from_row(r) for r in self.db.execute("SELECT * FROM events WHERE updated > ? ORDER BY id",
-                                                            (when,))]
+        return self._select(EVENTS.c.updated > when)
 
     def started_runs(self, limit: int = 20) -> list[str]:
         """Run ids of the most recent runs that events started."""
-        rows = self.db.execute("SELECT DISTINCT run_id FROM events WHERE status = 'started' ORDER BY id DESC LIMIT ?",
-                               (limit,))
-        return [r[0] for r in rows]
+        return [e.run_id for e in self._select(EVENTS.c.status == "started", order=EVENTS.c.id.desc(), limit=limit)]
 
     def last_of_kind(self, kind: str) -> Event | None:
-        row = self.db.execute("SELECT * FROM events WHERE kind = ? ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
-        return Event.from_row(row) if row else None
+        found = self._select(EVENTS.c.kind == kind, order=EVENTS.c.id.desc(), limit=1)
+        return found[0] if found else None
 
     # small durable state of the sources -----------------------------------------------------------------
     def state(self, name: str, default=None):
-        row = self.db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
-        return json.loads(row[0]) if row else default
+        with self.db.read() as db:
+            value = db.execute(sa.select(STATE.c.value).where(STATE.c.queue == self.queue, STATE.c.name == name)
+                               ).scalar_one_or_none()
+        return json.loads(value) if value is not None else default
 
     def set_state(self, name: str, value) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO state (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = "
-                       "excluded.value", (name, json.dumps(value, default=str)))
-
-
-def _settle(db, ids, status, run_id, into, note) -> int:
-    if not ids:
-        return 0
-    marks = ",".join("?" * len(ids))
-    cur = db.execute(f"UPDATE events SET status = ?, run_id = ?, coalesced_into = ?, note = ?, updated = ? "
-                     f"WHERE status = 'queued' AND id IN ({marks})", (status, run_id, into, note, time.time(), *ids))
-    return cur.rowcount
+            self.db.upsert(db, STATE, {"queue": self.queue, "name": name, "value": json.dumps(value, default=str)},
+                              ["queue", "name"])
 
 
 def enqueue(workspace, kind: str, reason: str, *, details: dict | None = None, source: str | None = None,

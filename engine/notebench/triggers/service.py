@@ -11,7 +11,6 @@ A run in progress keeps the events queued for a later pass. A run interrupted by
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import sys
@@ -146,45 +145,31 @@ def poll(p: Poll, enabled: list[str], notes: list[str]) -> list[Event]:
 
 def _requeue_dead_runs(ws, spec, store: EventStore) -> list[str]:
     """Queue again the events of recent runs whose process died before it finished them."""
-    from notebench.pipeline.store import PipelineStore, RunRecord
+    from notebench.pipeline.store import PipelineStore
 
     runs = PipelineStore(ws.root, spec.name, env=spec.env)
     out = []
     for run_id in store.started_runs():
-        path = runs.run_dir(run_id) / "run.json"
-        if path.exists() and RunRecord.load(path).get("state") in ("killed", "interrupted"):
+        record = runs.record(run_id)
+        if record is not None and record.get("state") in ("killed", "interrupted"):
             if store.requeue(run_id, f"run {run_id} did not finish; queued again"):
                 out.append(run_id)
     return out
 
 
-class _TriggerLock:
-    """Held by the pass that chooses events and starts their run, so two passes never start two runs."""
+def _trigger_lock(ws, spec):
+    """Held by the pass that chooses events and starts their run, so two passes (on any machine sharing the state
+    database) never start two runs: one lock per pipeline state (`<pipeline>` or `<pipeline>@<env>`)."""
+    from notebench.pipeline.store import store_name
+    from notebench.state.store import open_state
 
-    def __init__(self, ws, pipeline: str):
-        self.path = ws.path("triggers", f"{pipeline}.lock")
-        self.file = None
-
-    def acquire(self) -> bool:
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return False
-        self.file = f
-        return True
-
-    def release(self) -> None:
-        if self.file:
-            self.file.close()
-            self.file = None
+    return open_state(ws).lock(f"triggers:{store_name(spec.name, spec.env)}")
 
 
 def _start(ws, spec, store: EventStore, enabled: list[str], result: TickResult, progress, may_start,
            lineage: bool) -> None:
-    lock = _TriggerLock(ws, spec.name)
-    if not lock.acquire():
+    lock = _trigger_lock(ws, spec)
+    if not lock.acquire(wait=0):
         if store.queued():
             result.waiting = "another pass (tick or watch) is starting or running a training run; events stay queued"
         return
