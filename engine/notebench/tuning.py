@@ -128,23 +128,32 @@ def run_trials(study, objective: TrialObjective, n_trials: int, timeout: float, 
     Returns {"trials": started, "workers": {worker address: trials}, "scheduler": address}."""
     from distributed import as_completed
 
-    from notebench.pipeline.dask_executor import TRIAL, connect, offers, redact
+    from notebench.pipeline.dask_executor import TRIAL, connect, offering, redact
 
     client, cluster = connect(settings, workers=workers)
     try:
         shared = client.scatter(objective, broadcast=True, hash=False)  # the frames travel once per worker
-        resources = {TRIAL: 1} if offers(client, TRIAL) else None
-        deadline = time.time() + timeout
-        seed = objective.seed
+        slots = offering(client, TRIAL)  # workers that run one trial at a time; else any worker's threads
+        resources = {TRIAL: 1} if slots else None
+        slots = slots or sorted(client.scheduler_info()["workers"])
+        deadline, seed = time.time() + timeout, objective.seed
+        placed: dict = {}  # running trial's future -> the worker it was given to
 
         def submit(index: int):
-            return client.submit(_trial_task, shared, study.study_name, storage, seed + index, pure=False,
-                                 resources=resources, key=f"notebench-trial-{study.study_name}-{index}")
+            """Trial `index` on the worker with the fewest running trials: left to itself, the scheduler queues them
+            all on the worker that is not running the train step (the step looks like load to it; it only waits)."""
+            target = min(slots, key=lambda w: sum(1 for p in placed.values() if p == w))
+            future = client.submit(_trial_task, shared, study.study_name, storage, seed + index, pure=False,
+                                   resources=resources, workers=[target], allow_other_workers=True,
+                                   key=f"notebench-trial-{study.study_name}-{index}")
+            placed[future] = target
+            return future
 
         started = min(workers, n_trials)
         pending = as_completed([submit(i) for i in range(started)], loop=client.loop)
         where: Counter = Counter()
         for future in pending:
+            placed.pop(future, None)
             where[future.result()["worker"]] += 1
             if started < n_trials and time.time() < deadline:
                 pending.add(submit(started))

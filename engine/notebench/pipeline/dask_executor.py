@@ -14,9 +14,9 @@ which (`kernel`: "warm" or "plain (why)"). A worker's pool dies with it: its ser
 does, and takes its kernels along.
 
 Workers that offer the resources `step=1` and `trial=1` (as `make team-up` and the local cluster start them, with
-two threads each) run one step and one tuning trial at a time each: a step's task only waits for its kernel, so it
-secedes from the worker's thread pool (the scheduler stops counting it as load) while keeping its `step`, and the
-train step's trials can use every worker, its own included. Workers without them run a step per thread.
+two threads each) run one step and one tuning trial at a time each: a step's thread only waits for its kernel, so
+the train step's trials can use every worker, its own included (`notebench.tuning` places each trial on a worker
+with a free `trial`). Workers without them run a step per thread.
 
 A worker killed mid-step (kill -9, a lost node): the scheduler gives the step to another worker (the run record
 lists each worker a step ran on); once a step's workers died `distributed.scheduler.allowed-failures` times, the
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from notebench.errors import NotebenchError
 from notebench.pipeline.executors import Executor, JobResult, StepJob, run_job
 
-__all__ = ["DaskExecutor", "STEP", "TRIAL", "connect", "redact", "run_on_worker"]
+__all__ = ["STEP", "TRIAL", "DaskExecutor", "connect", "offering", "redact", "run_on_worker"]
 
 STEP, TRIAL = "step", "trial"  # worker resources: one step and one trial at a time per worker
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -80,9 +80,9 @@ def connect(settings, workers: int | None = None):
                              "local") from None
 
 
-def offers(client, resource: str) -> bool:
-    """Whether any worker of the cluster offers `resource`."""
-    return any(resource in (w.get("resources") or {}) for w in client.scheduler_info()["workers"].values())
+def offering(client, resource: str) -> list[str]:
+    """The addresses of the workers that offer `resource`."""
+    return sorted(a for a, w in client.scheduler_info()["workers"].items() if resource in (w.get("resources") or {}))
 
 
 class DaskExecutor(Executor):
@@ -98,7 +98,7 @@ class DaskExecutor(Executor):
     def start(self) -> DaskExecutor:
         if self.client is None:
             self.client, self.cluster = connect(self.settings)
-            self.resources = {STEP: 1} if offers(self.client, STEP) else None
+            self.resources = {STEP: 1} if offering(self.client, STEP) else None
             imports = self.settings.value("pipeline", "warm_imports")
             self.client.run(warm_up, imports, os.environ.get("PYTHONPATH", ""))  # every worker's server imports now
         return self
@@ -181,15 +181,10 @@ def warm_up(imports: list[str], pythonpath: str) -> None:
 
 def run_on_worker(job: dict) -> dict:
     """Run one step job on this Dask worker; the JobResult as a dict."""
-    from distributed import get_worker, secede
+    from distributed import get_worker
 
     job = StepJob.from_dict(job)
-    worker = get_worker()
-    address = worker.address
-    if worker.state.total_resources.get(STEP):
-        # the step's resource keeps other steps off this worker; its thread only waits for the kernel, so it leaves
-        # the thread pool and the scheduler's load estimate (trials of this very step may run here)
-        secede()
+    address = get_worker().address
     try:
         result = run_job(job, _pool(job.warm_imports, job.env.get("PYTHONPATH", "")), worker=address)
     except Exception as exc:  # a fault of the worker's, not the step's: reported as the step's failure
