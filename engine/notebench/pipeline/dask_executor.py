@@ -111,7 +111,8 @@ class DaskExecutor(Executor):
         import distributed
 
         try:
-            done, _ = distributed.wait(list(handles), timeout=timeout, return_when="FIRST_COMPLETED")
+            with self.client.as_current():
+                done, _ = distributed.wait(list(handles), timeout=timeout, return_when="FIRST_COMPLETED")
         except TimeoutError:
             return {}
         return {future: _result(future) for future in done}
