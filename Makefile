@@ -43,10 +43,14 @@ smoke: $(STAMP)  ## ci/smoke: every pipeline on a small sample in a temporary wo
 build: $(STAMP)  ## ci/build: the wheel and the pipeline bundle (with the stages' results) under dist/
 	PATH="$(CURDIR)/$(BIN):$$PATH" UV="$(UV)" ci/build
 
+.PHONY: bench-quick
+bench-quick: $(STAMP)  ## ci/bench-quick: every benchmark in --quick mode (small data, same code paths)
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/bench-quick
+
 deploy: $(STAMP)  ## ci/deploy: the bundle ci/build made into ENV (make deploy ENV=dev [ARGS="--approve --by me"])
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/deploy $(ENV) $(ARGS)
 
-test: check unit smoke build  ## everything CI runs: check, unit tests, smoke, build
+test: check unit smoke build bench-quick  ## everything CI runs: check, unit tests, smoke, build, benchmarks --quick
 
 team-up: $(STAMP)  ## ci/team-up: PostgreSQL, mlflow server, Dask scheduler + 2 workers; profile in .team/team.env
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/team-up

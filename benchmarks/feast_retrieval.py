@@ -13,7 +13,8 @@ the child's RSS and stops it beyond `--file-timeout` or `--memory-limit-gb`, whi
 Online: p50/p99 of 1,000 single-entity reads through `FeatureStore.get_online_features` (to a dict and to a
 DataFrame) and through `FeatureRepo.online`, the helper the prediction service calls.
 
-Run with the project's venv from the project root: `.venv/bin/python benchmarks/feast_retrieval.py`.
+Run with the project's venv from the project root: `.venv/bin/python benchmarks/feast_retrieval.py`. `--quick`:
+300 customers x 20 days, one entity frame of 2,000 rows, every store, 50 online reads; targets not judged.
 """
 
 from __future__ import annotations
@@ -88,12 +89,15 @@ def repo_for(store: str, folder: Path, source: Path):
     if store == "notebench":
         from notebench.features.store import FeatureRepo
 
-        repo = FeatureRepo(path=folder / "repo_notebench")
+        from nbs_lib.use_case import USE_CASE
+
+        repo = FeatureRepo(path=folder / "repo_notebench", use_case=USE_CASE)
         repo.apply(source)
         return repo
     from feast import FeatureStore
+    from notebench.features.definitions import feast_definitions
 
-    from nbs_lib.features import feast_definitions
+    from nbs_lib.use_case import USE_CASE
 
     path = folder / f"repo_{store}"
     (path / "data").mkdir(parents=True, exist_ok=True)
@@ -102,7 +106,7 @@ def repo_for(store: str, folder: Path, source: Path):
         f"  type: {PLAIN_STORES[store]}\nonline_store:\n  type: sqlite\n  path: {path / 'data/online.db'}\n"
         "entity_key_serialization_version: 3\n")
     fs = FeatureStore(repo_path=str(path))
-    fs.apply(feast_definitions(str(source), 30))
+    fs.apply(feast_definitions(USE_CASE, str(source), 30))
     return fs
 
 
@@ -111,8 +115,9 @@ def child_retrieve(store: str, folder: Path, rows: int) -> dict:
     import warnings
 
     import pandas as pd
+    from notebench.features.definitions import feature_refs
 
-    from nbs_lib.features import feature_refs
+    from nbs_lib.use_case import USE_CASE
 
     warnings.simplefilter("ignore")
     entity_df = pd.read_parquet(folder / f"entities_{rows}.parquet")
@@ -124,9 +129,9 @@ def child_retrieve(store: str, folder: Path, rows: int) -> dict:
     elif store == "asof":  # reference, not Feast: the same join as one DuckDB ASOF JOIN
         out = asof_join(entity_df, folder / "snapshots.parquet", ttl_days=30)
     else:
-        out = repo.get_historical_features(entity_df=entity_df, features=feature_refs()).to_df()
+        out = repo.get_historical_features(entity_df=entity_df, features=feature_refs(USE_CASE)).to_df()
     wall, cpu = time.perf_counter() - start, cpu_s() - cpu
-    feature = feature_refs()[0].split(":")[1]
+    feature = feature_refs(USE_CASE)[0].split(":")[1]
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "baseline_rss_mb": round(baseline), "rows_out": len(out),
             "rows_without_features": int(out[feature].isna().sum()),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
@@ -152,14 +157,16 @@ def child_online(folder: Path, calls: int) -> dict:
     import random
     import warnings
 
+    from notebench.features.definitions import feature_refs
+
     from nbs_lib.data import ENTITY
-    from nbs_lib.features import feature_refs
+    from nbs_lib.use_case import USE_CASE
 
     warnings.simplefilter("ignore")
     repo = repo_for("notebench", folder, folder / "snapshots.parquet")
     repo.materialize()
     entities = json.loads((folder / "meta.json").read_text())["entities"]
-    refs, fs, rng = feature_refs(), repo.store, random.Random(0)
+    refs, fs, rng = feature_refs(USE_CASE), repo.store, random.Random(0)
     ways = {"feast get_online_features().to_dict()": lambda i: fs.get_online_features(refs, [{ENTITY: i}]).to_dict(),
             "feast get_online_features().to_df()": lambda i: fs.get_online_features(refs, [{ENTITY: i}]).to_df(),
             "notebench FeatureRepo.online()": lambda i: repo.online([i])}
@@ -195,6 +202,13 @@ def rss_mb() -> float:
 
 # ---------------------------------------------------------------------------------------------------------
 # parent
+
+
+def run_jobs(folder: str, jobs: list[tuple], timeout: float, memory_limit_gb: float) -> list[dict]:
+    """Each job's result from one child running `jobs` in turn (each with the child's status: ok, stopped, failed)."""
+    outcome = run_child(["jobs", folder, json.dumps(jobs)], timeout, memory_limit_gb)
+    status = {k: v for k, v in outcome.items() if k != "results"}
+    return [{**status, **r} for r in outcome["results"]] if "results" in outcome else [dict(status) for _ in jobs]
 
 
 def run_child(args: list[str], timeout: float, memory_limit_gb: float) -> dict:
@@ -245,13 +259,16 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=1000, help="online reads per method (default 1000)")
     p.add_argument("--timeout", type=float, default=600, help="seconds a retrieval may take (default 600)")
     p.add_argument("--memory-limit-gb", type=float, default=8, help="RSS a retrieval may reach (default 8)")
+    p.add_argument("--quick", action="store_true", help="small data, every store, targets not judged")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.quick:
+        args.entities, args.days, args.rows, args.calls = 300, 20, [2000], 50
     if args.child:
-        kind, folder, *rest = args.child
-        result = (child_retrieve(rest[0], Path(folder), int(rest[1])) if kind == "retrieve"
-                  else child_online(Path(folder), int(rest[0])))
-        print(json.dumps(result))
+        _, folder, jobs = args.child
+        results = [child_retrieve(job[1], Path(folder), int(job[2])) if job[0] == "retrieve"
+                   else child_online(Path(folder), int(job[1])) for job in json.loads(jobs)]
+        print(json.dumps({"results": results}))
         return 0
 
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -269,13 +286,17 @@ def main() -> int:
         del snapshots
         print(f"data: {args.entities} entities x {args.days} days = {args.entities * args.days:,} feature rows "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
-        for rows in args.rows:
-            for store in args.stores:
-                result = run_child(["retrieve", tmp, store, str(rows)], args.timeout, args.memory_limit_gb)
-                results["retrieval"].append({"store": store, "rows": rows, **result})
-                print(f"  {store:<10} {rows:>9,} rows  {result.get('status'):<22} {result.get('wall_s', '-'):>7} s  "
+        jobs = [("retrieve", store, rows) for rows in args.rows for store in args.stores] + [("online", args.calls)]
+        # one child per job, so that its peak memory is its own; --quick runs them all in one child (Feast is
+        # imported once; the peaks are then the child's so far)
+        for group in [jobs] if args.quick else [[job] for job in jobs]:
+            for job, result in zip(group, run_jobs(tmp, group, args.timeout, args.memory_limit_gb), strict=True):
+                if job[0] == "online":
+                    results["online"] = result
+                    continue
+                results["retrieval"].append({"store": job[1], "rows": job[2], **result})
+                print(f"  {job[1]:<10} {job[2]:>9,} rows  {result.get('status'):<22} {result.get('wall_s', '-'):>7} s  "
                       f"peak {result.get('peak_rss_mb', '-')} MB", flush=True)
-        results["online"] = run_child(["online", tmp, str(args.calls)], args.timeout, args.memory_limit_gb)
 
     print_table(results)
     # the targets hold for what training calls: FeatureRepo.historical (Feast on DuckDB) at the largest size
@@ -286,9 +307,18 @@ def main() -> int:
         f"historical_{size}_rows_under_{TARGET_S:g}s": done and ours["wall_s"] < TARGET_S,
         f"historical_{size}_rows_under_{TARGET_GB:g}gb": done and ours["peak_rss_mb"] < TARGET_GB * 1024,
         f"online_p99_under_{ONLINE_P99_MS:g}ms": bool(online) and online["p99_ms"] < ONLINE_P99_MS}
-    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in results["targets"].items()))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "feast_retrieval.json").write_text(json.dumps(results, indent=2))
+    print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in results["targets"].items())
+          + (" (not judged in --quick)" if args.quick else ""))
+    out = RESULTS / ("quick" if args.quick else "") / "feast_retrieval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    if args.quick:  # every store must still answer, whatever its time
+        failed = [f"{r['store']} at {r['rows']} rows: {r['status']} {r.get('error', '')}"
+                  for r in results["retrieval"] if r["status"] != "ok"]
+        if results["online"].get("status") != "ok":
+            failed.append(f"online reads: {results['online'].get('status')} {results['online'].get('error', '')}")
+        print("\n".join(["FAILED:", *failed]) if failed else "every store answered")
+        return 1 if failed else 0
     return 0 if all(results["targets"].values()) else 1
 
 

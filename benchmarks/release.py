@@ -3,7 +3,8 @@ would otherwise write (`git archive` of the same files; `tar xzf` into a folder 
 
 Notebench does more for its time: a manifest with the sha256 of every file, verification of every file on
 deploy, the environment's rules, the run locks, an atomic switch and a history line. The figures say what that
-costs. Medians of repeated runs, process start included, in a temporary workspace.
+costs. Medians of repeated runs, process start included, in a temporary workspace. `--quick`: one run of each,
+the target reported but not judged.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def second_project(tmp: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5, help="runs per command (default 5)")
+    p.add_argument("--quick", action="store_true", help="one run of each, target not judged")
     args = p.parse_args()
+    if args.quick:
+        args.repeat = 1
     tmp = Path(tempfile.mkdtemp(prefix="nb-release-bench-"))
     env = {**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(tmp / "ws"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     py, nb = BIN / "python", BIN / "notebench"
@@ -64,8 +68,8 @@ def main() -> int:
             timed(f"git archive --format=tar.gz -o {tmp}/plain.tar.gz HEAD notebooks/pipelines uv.lock && "
                   f"sha256sum {tmp}/plain.tar.gz", args.repeat, env),
     }
-    subprocess.run(f"{py} -m notebench.release.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(f"{py} -m notebench.release.bundle build --root {tmp / 'proj'} --dist {b}", shell=True, cwd=ROOT,
+                   env=env, check=True, capture_output=True)
     bundle_a, bundle_b = (next(d.glob("notebench-pipelines-*.tar.gz")) for d in (a, b))
     plain = tmp / "plain"
     results["deploy: notebench deploy (verify, rules, locks, switch, history)"] = timed(
@@ -80,12 +84,13 @@ def main() -> int:
         print(f"{name:<66} {seconds:6.3f} s")
     load = os.getloadavg()[0]
     print(f"(median of {args.repeat}; load average {load:.1f} on {os.cpu_count()} cores)")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "release.json").write_text(json.dumps({"seconds": results, "repeat": args.repeat, "load": load,
-                                                      "cpus": os.cpu_count()}, indent=1))
+    out = RESULTS / ("quick" if args.quick else "") / "release.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seconds": results, "repeat": args.repeat, "load": load, "cpus": os.cpu_count()},
+                              indent=1))
     ok = results["deploy: notebench deploy (verify, rules, locks, switch, history)"] < 2
-    print("target (a deploy under 2 s):", "met" if ok else "NOT met")
-    return 0 if ok else 1
+    print("target (a deploy under 2 s):", "met" if ok else "NOT met", "(not judged in --quick)" if args.quick else "")
+    return 0 if ok or args.quick else 1
 
 
 if __name__ == "__main__":

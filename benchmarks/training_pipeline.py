@@ -2,7 +2,9 @@
 spent outside the steps' own work (kernel start, papermill, caching, lineage, waiting).
 
 A step's own work is the sum of its notebook cells' execution times as papermill records them; the rest of
-the step's wall time is the engine's. Run: `.venv/bin/python benchmarks/training_pipeline.py`.
+the step's wall time is the engine's. Run: `.venv/bin/python benchmarks/training_pipeline.py`. `--quick`: the
+pipeline on the use case's small sample (`notebench demo-data --sample`) with 2 trials, as `ci/smoke` runs it, and
+one permutation-importance repeat.
 """
 
 from __future__ import annotations
@@ -32,13 +34,18 @@ def main() -> int:
     p.add_argument("--customers", type=int, default=6000, help="customers in the demo world (default 6000)")
     p.add_argument("--days", type=int, default=40, help="days landed (default 40: ~200k labelled rows)")
     p.add_argument("--trials", type=int, default=20, help="Optuna trials (default 20)")
+    p.add_argument("--quick", action="store_true", help="the use case's small sample, 2 trials")
     args = p.parse_args()
+    if args.quick:
+        args.trials = 2
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "NOTEBENCH_WORKSPACE_PATH": tmp}
-        subprocess.run([str(BIN / "notebench"), "demo-data", "--days", str(args.days), "--customers",
-                        str(args.customers)], env=env, check=True, capture_output=True)
+        world = ["--sample"] if args.quick else ["--days", str(args.days), "--size", str(args.customers)]
+        subprocess.run([str(BIN / "notebench"), "demo-data", *world], env=env, check=True, capture_output=True)
         start = time.perf_counter()
-        subprocess.run([str(BIN / "notebench"), "run", "training", "-p", f"n_trials={args.trials}"], env=env,
+        # --quick: one permutation-importance repeat over 500 rows (evaluate's own work, not the engine's)
+        light = ["-p", "importance_repeats=1", "-p", "importance_rows=500"] if args.quick else []
+        subprocess.run([str(BIN / "notebench"), "run", "training", "-p", f"n_trials={args.trials}", *light], env=env,
                        check=True, capture_output=True)
         wall = time.perf_counter() - start
         run_dir = sorted(Path(tmp, "pipelines", "training", "runs").glob("*"))[-1]
@@ -56,8 +63,9 @@ def main() -> int:
     share = (wall - own_total) / wall
     print(f"{'pipeline':<16} {wall:7.1f} s   own work {own_total:7.1f} s   outside {wall - own_total:5.1f} s "
           f"({share:.0%}, process start, kernels and lineage included); {training_rows:,} labelled rows")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "training_pipeline.json").write_text(json.dumps(
+    out = RESULTS / ("quick" if args.quick else "") / "training_pipeline.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(
         {"wall_s": wall, "own_work_s": own_total, "outside_share": share, "steps": steps,
          "training_rows": training_rows, "feature_view": rows.get("features", [])[:1]}, indent=2))
     return 0

@@ -55,11 +55,20 @@ def text_of(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
+def files(folder: str) -> list[Path]:
+    """The files of `folder` that git tracks or would track (build output and other ignored files left out)."""
+    import subprocess
+
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z", folder], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(ROOT / name for name in out.split("\0") if name and (ROOT / name).is_file())
+
+
 def main() -> int:
     packages, words = use_case_words()
     problems = []
-    engine = sorted((ROOT / "engine").rglob("*.py"))
-    tests = sorted(p for p in (ROOT / "tests").rglob("*.py") if "fixture_project" not in p.parts)
+    engine = [p for p in files("engine") if p.suffix == ".py"]
+    tests = [p for p in files("tests") if p.suffix == ".py" and "fixture_project" not in p.parts]
     for path in engine + tests:
         for line, module in imports(path):
             if module.split(".")[0] in packages:
@@ -71,8 +80,7 @@ def main() -> int:
         for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if re.search(r"\b(" + "|".join(sorted(packages)) + r")\.", text):
                 problems.append(f"{path.relative_to(ROOT)}:{n}: names a use-case package: {text.strip()[:80]}")
-    scanned = engine + tests + sorted((ROOT / "notebooks/pipelines").rglob("*")) + sorted((ROOT / "ci").rglob("*")) \
-        + sorted((ROOT / "dashboards").rglob("*"))
+    scanned = engine + tests + files("notebooks/pipelines") + files("ci") + files("dashboards")
     pattern = re.compile(r"(" + "|".join(map(re.escape, words)) + r")", re.IGNORECASE)
     for path in scanned:
         if not path.is_file() or path.suffix not in (".py", ".ipynb", ".yaml", ".yml", "") or path == Path(__file__):

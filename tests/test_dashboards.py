@@ -1,7 +1,8 @@
 """The dashboards: their panel readers on a seeded workspace, and the real `notebench dashboards` in a real browser.
 
-The browser tests start `notebench dashboards` on a free port against a small demo-like workspace (real MLflow
-registry, real pipeline run records, a real prediction log; see `dashboard_seed.py`), then load each dashboard in
+The browser tests start `notebench dashboards` on a free port against a small workspace of the engine tests' use
+case (sensors, no segments; real MLflow registry, real pipeline run records, a real prediction log; see
+`dashboard_seed.py`), then load each dashboard in
 Debian's Chromium through Playwright: no Python traceback, no console error, the expected values on the page, the
 render time recorded (`tests/artifacts/dashboards/timings.json`) and a screenshot saved beside it. An empty
 workspace must give the friendly "nothing yet" state on every page.
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import BIN, ROOT
-from dashboard_seed import FAIL_ERROR, seed
+from dashboard_seed import DRIFT_REASON, FAIL_ERROR, METRIC, SHIFTED, UC, seed
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "dashboards"
@@ -80,7 +81,7 @@ def empty_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory, request, empty_server):
-    """A demo-like workspace: three versions (v2 champion), a failed then a succeeded run, two hours of predictions."""
+    """A seeded workspace: three versions (v2 champion), a failed then a succeeded run, two hours of predictions."""
     from notebench.workspace import Workspace
 
     root = tmp_path_factory.mktemp("dashboards")
@@ -195,21 +196,48 @@ def assert_clean(result: dict) -> None:
 
 
 # the panels, read directly ---------------------------------------------------------------------------------
-def test_panels_read_the_champion_versions_and_segments(seeded):
+def test_panels_read_the_champion_versions_and_the_primary_metric_without_segments(seeded):
     from notebench.dashboards import panels
 
     ws = seeded["ws"]
+    assert panels.primary_metric(ws) == UC.metric == METRIC and not UC.segments
     champ = panels.champion_summary(ws)
-    assert champ["version"] == seeded["champion"] == "2" and champ["metrics"]["auc"] == pytest.approx(0.81)
+    assert champ["version"] == seeded["champion"] == "2" and champ["metrics"][METRIC] == pytest.approx(0.81)
+    assert champ["metric"] == METRIC and champ["score"] == pytest.approx(0.81)
     assert champ["promoted_why"] == "blessed; [gates] promotion = auto" and champ["pipeline_run"] == seeded["ok_run"]
     table = panels.versions_table(ws)
     assert table["version"].tolist() == ["3", "2", "1"]
     assert table.set_index("version").loc["3", "blessed"].item() is False
-    assert "region=north dropped" in table.set_index("version").loc["3", "reasons"][0]
+    assert "dropped 0.0100 against champion v2" in table.set_index("version").loc["3", "reasons"][0]
     assert set(table.set_index("version").loc["2", "notebooks"]) == {"ingest", "train"}
+    assert panels.metric_names(table, METRIC) == [METRIC, "brier"]  # the primary metric first
+    # no segments: each version's overall metric from its evaluate step, not an empty panel
     segments = panels.segment_metrics(ws)
-    assert segments.loc["v3", "region=north"] == pytest.approx(0.70) and segments.loc["v2", "overall"] == 0.81
+    assert list(segments.columns) == ["overall"]
+    assert segments["overall"].to_dict() == pytest.approx({"v3": 0.80, "v2": 0.81, "v1": 0.79})
     assert panels.champion_history(ws)["version"].tolist() == ["2", "1"]
+
+
+def test_segment_metrics_has_a_column_per_segment_an_evaluate_step_recorded(tmp_path, request):
+    """A use case with segments: the evaluate step's `segment.<column>.<value>.<metric>` metrics, one column each."""
+    from dashboard_seed import _evaluate_run
+    from notebench.dashboards import panels
+    from notebench.registry import models as registry
+    from notebench.workspace import Workspace
+
+    _empty_mlflow_store(request.config.cache, tmp_path / "ws")
+    ws = Workspace(_settings_for(tmp_path / "ws"))
+    client = ws.client()
+    parent = _evaluate_run(client, ws.experiment_id(client), 0.8)
+    evaluate = client.search_runs([ws.experiment_id(client)], "tags.`notebench.step` = 'evaluate'")[0].info.run_id
+    for key, value in {f"segment.line.alpha.{METRIC}": 0.78, f"segment.line.beta.{METRIC}": 0.83,
+                       "segment.line.beta.brier": 0.1}.items():
+        client.log_metric(evaluate, key, value)
+    run = client.create_run(ws.experiment_id(client), run_name="train").info.run_id
+    registry.register(client, ws.settings.value("registry", "model_name"), f"runs:/{run}/model",
+                      {"notebench.pipeline_mlflow_run": parent}, run_id=run)
+    segments = panels.segment_metrics(ws)
+    assert segments.loc["v1"].to_dict() == pytest.approx({"overall": 0.8, "line=alpha": 0.78, "line=beta": 0.83})
 
 
 def test_panels_read_runs_with_the_failing_step_and_cached_steps(seeded):
@@ -242,7 +270,7 @@ def _results(alerts: dict[str, bool], windows: int = 2) -> pd.DataFrame:
     for w in range(windows):
         end = f"2026-11-27T1{w}:00:00+00:00"
         newest = w == windows - 1
-        for feature in ("tenure", "monthly_charges", "support_calls"):
+        for feature in UC.numeric[:3]:
             rows.append({"window_id": f"w{w}", "window_start": end, "window_end": end, "model_version": "2",
                          "rows": 1000, "check": "drift", "feature": feature, "method": "wasserstein",
                          "statistic": 0.3 if newest and alerts.get(feature) else 0.02, "threshold": 0.1,
@@ -251,7 +279,7 @@ def _results(alerts: dict[str, bool], windows: int = 2) -> pd.DataFrame:
                      "check": "dataset_drift", "feature": None, "method": "share_of_drifting_features",
                      "statistic": 0.0, "threshold": 0.5, "alert": bool(newest and alerts.get("dataset"))})
         rows.append({"window_id": f"w{w}", "window_start": end, "window_end": end, "model_version": "2", "rows": 1000,
-                     "check": "quality", "feature": "", "method": "auc", "statistic": 0.8 - 0.1 * w,
+                     "check": "quality", "feature": "", "method": METRIC, "statistic": 0.8 - 0.1 * w,
                      "threshold": 0.76, "alert": 0.8 - 0.1 * w < 0.76})
     return pd.DataFrame(rows)
 
@@ -261,13 +289,13 @@ def test_drift_status_names_the_drifting_features_of_the_newest_window():
 
     quiet = panels.drift_status(results=_results({}, windows=1))
     assert quiet["state"] == "green" and quiet["drifting"] == []
-    some = panels.drift_status(results=_results({"tenure": True, "support_calls": True}, windows=1))
-    assert some["state"] == "amber" and some["drifting"] == ["support_calls", "tenure"] and some["features"] == 3
-    dataset = panels.drift_status(results=_results({"tenure": True, "dataset": True}, windows=1))
+    some = panels.drift_status(results=_results({"temperature": True, "load_pct": True}, windows=1))
+    assert some["state"] == "amber" and some["drifting"] == ["load_pct", "temperature"] and some["features"] == 3
+    dataset = panels.drift_status(results=_results({"temperature": True, "dataset": True}, windows=1))
     assert dataset["state"] == "red" and dataset["alerts"]["dataset_drift"] is True
     decayed = panels.drift_status(results=_results({}, windows=2))
     assert decayed["window_id"] == "w1" and decayed["state"] == "red"  # quality fell below its bound
-    over_time = panels.drift_over_time(results=_results({"tenure": True}))
+    over_time = panels.drift_over_time(results=_results({"temperature": True}))
     assert len(over_time) == 6 and over_time["alert"].sum() == 1
     assert str(over_time["window_end"].dtype).startswith("datetime64")
     assert panels.quality_over_time(results=_results({}))["alert"].tolist() == [False, True]
@@ -304,21 +332,24 @@ def test_dashboard_renders_the_seeded_workspace_in_a_browser(browser, server, se
     assert_clean(result)
     text = result["text"]
     expected = {
-        "overview": [f"Champion: version {seeded['champion']}", "last run " + seeded["ok_run"], "does not answer"],
-        "registry": ["3 versions", "not blessed", "region=north dropped", "AUC per segment", "Champion history"],
+        "overview": [f"Champion: version {seeded['champion']}", "last run " + seeded["ok_run"], "does not answer",
+                     f"holdout {METRIC} 0.810"],
+        "registry": ["3 versions", "not blessed", "dropped 0.0100 against champion v2", f"Holdout {METRIC}",
+                     "No segment metrics", "Champion history"],
         "pipelines": [f"Last run: {seeded['ok_run']}", f"Last failed run: {seeded['failed_run']}", FAIL_ERROR],
         "monitoring": [f"Prediction volume: {seeded['predictions']:,} predictions"],
     }[page_name]
     assert all(e in text for e in expected), f"{page_name} lacks {[e for e in expected if e not in text]}"
+    assert "Nothing yet" not in text or page_name == "monitoring"  # training ran: no panel of it may say otherwise
     if page_name == "overview":
         assert result["page"].inner_text("#champion-version") == seeded["champion"]
     if page_name == "pipelines":  # the failed step's row links its executed notebook
         row = result["page"].locator("tr[data-row='train']").last
         assert "failed" in row.inner_text() and row.locator("a").get_attribute("href").endswith("/train.html")
-    if page_name == "monitoring" and seeded["monitoring"]:  # a checkout with notebench.monitoring.monitor: a real pass ran
-        assert result["page"].inner_text("#drifting-features") == "support_calls, tenure"
+    if page_name == "monitoring" and seeded["monitoring"]:  # with notebench.monitoring.monitor: a real pass ran
+        assert result["page"].inner_text("#drifting-features") == ", ".join(SHIFTED)
     if page_name in ("overview", "monitoring") and seeded["triggers"]:  # ... with notebench.triggers: one queued
-        assert "dataset drift: 2 of 3 features drift" in text
+        assert DRIFT_REASON in text
     result["page"].close()
     # rendering competes for the CPU: on a machine busier than its cores the budget stretches with the load
     assert result["seconds"] < max(RENDER_BUDGET_S, 3 * os.getloadavg()[0]), \

@@ -1,9 +1,10 @@
 """`notebench deploy-check` and the `[gates] deploy_check` promotion gate, on a real MLflow store with real servers.
 
-One small world in a temporary workspace: version 1 (champion), version 2 (another model with the same output
-format), version 3 (a model served through `predict`, so its answers are labels, not probabilities: a format
-change a client would break on). The prediction log holds a few requests answered by version 1, written through the
-service's own `PredictionLog`. Each deploy-check starts real uvicorn processes (candidate and champion).
+One small world of the engine tests' use case (sensors) in a temporary workspace: version 1 (champion), version 2
+(another model with the same output format), version 3 (a model served through `predict`, so its answers are labels,
+not probabilities: a format change a client would break on). The prediction log holds a few requests answered by
+version 1, written through the service's own `PredictionLog`. Each deploy-check starts real uvicorn processes
+(candidate and champion).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from notebench.data.batches import load_landing
 from notebench.settings import load_settings
+from notebench.usecase import load_use_case
 from notebench.workspace import Workspace
 
-from nbs_lib.data import FEATURES, TARGET, load_landing
-from nbs_lib.demo_data import generate
+UC = load_use_case()  # the engine tests' use case (conftest selects it)
+FEATURES, TARGET = UC.features, UC.target
 
 BLESSED = {"notebench.blessed": "true", "notebench.blessing.reasons": json.dumps(["auc overall 0.8 >= minimum 0.7"])}
 LOGGED_REQUESTS = 4
@@ -38,16 +41,14 @@ def world(tmp_path_factory):
     from notebench.registry.tracking import log_sklearn_model, pip_requirements, skops_trusted_types
     from notebench.serving.predlog import PredictionLog, log_root
 
-    from nbs_lib.model import make_model
-
     root = tmp_path_factory.mktemp("deploycheck") / "ws"
     env = {"NOTEBENCH_WORKSPACE_PATH": str(root)}
     ws = Workspace(load_settings(environ={**os.environ, **env}))
     client = ws.client()
     experiment = ws.experiment_id(client)
     name = ws.settings.value("registry", "model_name")
-    generate(ws.landing, days=12, customers=60)
-    frame = load_landing(ws.landing)
+    UC.simulate(ws.landing, days=12, size=60)
+    frame = load_landing(UC, ws.landing)
     X, y = frame[FEATURES].reset_index(drop=True), frame[TARGET]
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(ws.tracking_uri)
@@ -55,9 +56,9 @@ def world(tmp_path_factory):
         client.create_registered_model(name)
         for params in ({"max_iter": 20}, {"max_iter": 10, "learning_rate": 0.3}):
             run = client.create_run(experiment)
-            info = log_sklearn_model(run.info.run_id, make_model(params).fit(X, y), X.head(5))
+            info = log_sklearn_model(run.info.run_id, UC.make_model(params).fit(X, y), X.head(5))
             client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=BLESSED)
-        labels = make_model({"max_iter": 10}).fit(X, y)  # served through predict: labels, not probabilities
+        labels = UC.make_model({"max_iter": 10}).fit(X, y)  # served through predict: labels, not probabilities
         run = client.create_run(experiment)
         signature = mlflow.models.infer_signature(X.head(5), labels.predict(X.head(5)))
         with mlflow.start_run(run_id=run.info.run_id):
@@ -116,9 +117,10 @@ def test_a_changed_response_format_or_a_slow_p99_fails_and_keeps_the_gate_shut(w
     proc = notebench(world, "deploy-check", "3", "--requests", "30", "--max-p99-ms", "0.01", **gate)
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
-    assert ("the candidate answers 200 {model_version: string, predictions: list[5] of integer} where the champion "
+    # labels instead of probabilities (numbers: the use case's target is a float 0/1)
+    assert ("the candidate answers 200 {model_version: string, predictions: list[5] of number} where the champion "
             "answers 200 {model_version: string, predictions: list[5] of list[2] of number}") in out
-    assert "request logged-3: the candidate answers 200 {model_version: string, predictions: list[4] of integer}" in out
+    assert "request logged-3: the candidate answers 200 {model_version: string, predictions: list[4] of number}" in out
     assert "p99" in out and "check_max_p99_ms = 0.01 ms" in out and "FAILED" in out
     recorded = tags(world, "3")
     assert recorded["notebench.deploy_check.status"] == "failed"
@@ -153,16 +155,14 @@ def test_under_the_gate_the_register_step_leaves_a_blessed_model_challenger_with
     import papermill
     from notebench.registry.tracking import log_sklearn_model
 
-    from nbs_lib.model import make_model
-
     ws, client, name = world["ws"], world["client"], world["name"]
-    frame = load_landing(ws.landing)
+    frame = load_landing(UC, ws.landing)
     X, y = frame[FEATURES], frame[TARGET]
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(ws.tracking_uri)
     try:
         run = client.create_run(ws.experiment_id(client))
-        info = log_sklearn_model(run.info.run_id, make_model({"max_iter": 5}).fit(X, y), X.head(3))
+        info = log_sklearn_model(run.info.run_id, UC.make_model({"max_iter": 5}).fit(X, y), X.head(3))
     finally:
         mlflow.set_tracking_uri(previous_uri)
     before = registry_champion(client, name)

@@ -3,7 +3,8 @@
 Two real Feast repos read the same Parquet sources, one with `type: duckdb`, one with ours. The data has: feature
 rows after the entity row (must not leak), rows beyond the ttl (null), two rows with the same key and timestamp
 told apart by the created timestamp, a mapped source column, a second view without ttl, a projection whose join
-key is renamed, an entity with no feature rows, naive and tz-aware entity timestamps, and extra entity columns.
+key is renamed, an entity with no feature rows, naive and tz-aware entity timestamps, and extra entity columns;
+once with integer entity keys, once with string keys (as the fixture use case's `device_id`).
 """
 
 from __future__ import annotations
@@ -27,28 +28,30 @@ online_store:
   path: {online}
 entity_key_serialization_version: 3
 """
+KEYS = {"int": lambda i: i, "string": lambda i: f"dev-{i:04d}"}  # entity number -> its key, by key type
 
 
-def _sources(folder):
+def _sources(folder, key):
     rng = np.random.default_rng(7)
     days = [T0 + pd.Timedelta(days=d, hours=h) for d in range(6) for h in (0, 12)]
-    a = pd.DataFrame([{"driver_id": i, "event_timestamp": t, "created": t, "x": rng.normal(),
+    a = pd.DataFrame([{"driver_id": key(i), "event_timestamp": t, "created": t, "x": rng.normal(),
                        "raw_z": int(rng.integers(100)), "trips": int(rng.integers(10))}
                       for i in (1, 2, 3) for t in days])
-    a = a[~((a.driver_id == 3) & (a.event_timestamp > T0 + pd.Timedelta(days=1)))]  # driver 3 goes quiet: ttl test
-    late = a[a.driver_id == 1].iloc[[4]].assign(created=lambda f: f.created + pd.Timedelta(hours=1), x=99.0)
+    a = a[~((a.driver_id == key(3)) & (a.event_timestamp > T0 + pd.Timedelta(days=1)))]  # 3 goes quiet: ttl test
+    late = a[a.driver_id == key(1)].iloc[[4]].assign(created=lambda f: f.created + pd.Timedelta(hours=1), x=99.0)
     a = pd.concat([a, late], ignore_index=True)  # same key and time, newer created: must win
-    b = pd.DataFrame([{"driver_id": i, "event_timestamp": T0 + pd.Timedelta(days=d), "rating": float(i * 10 + d)}
+    b = pd.DataFrame([{"driver_id": key(i), "event_timestamp": T0 + pd.Timedelta(days=d), "rating": float(i * 10 + d)}
                       for i in (1, 2) for d in (0, 3)])
     a.to_parquet(folder / "a.parquet")
     b.to_parquet(folder / "b.parquet")
 
 
-def _objects(folder):
+def _objects(folder, kind: str):
     from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, Int64
 
-    driver = Entity(name="driver", join_keys=["driver_id"], value_type=ValueType.INT64)
+    value_type = ValueType.INT64 if kind == "int" else ValueType.STRING
+    driver = Entity(name="driver", join_keys=["driver_id"], value_type=value_type)
     src_a = FileSource(name="a_src", path=str(folder / "a.parquet"), timestamp_field="event_timestamp",
                        created_timestamp_column="created", field_mapping={"raw_z": "z"})
     src_b = FileSource(name="b_src", path=str(folder / "b.parquet"), timestamp_field="event_timestamp")
@@ -61,7 +64,7 @@ def _objects(folder):
     return driver, stats, ratings, riders
 
 
-def _store(folder, offline: str):
+def _store(folder, offline: str, kind: str):
     from feast import FeatureStore
 
     repo = folder / offline.rsplit(".", 1)[-1]
@@ -69,21 +72,25 @@ def _store(folder, offline: str):
     (repo / "feature_store.yaml").write_text(YAML.format(registry=repo / "registry.db", offline=offline,
                                                          online=repo / "online.db"))
     store = FeatureStore(repo_path=str(repo))
-    store.apply(list(_objects(folder)))
+    store.apply(list(_objects(folder, kind)))
     return store
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("asof")
-    _sources(folder)
-    return _store(folder, "duckdb"), _store(folder, "notebench.features.feast_offline.AsofDuckDBOfflineStore")
+@pytest.fixture(scope="module", params=list(KEYS))
+def stores(tmp_path_factory, request):
+    """(Feast's DuckDB store, ours, the key of an entity number) over the same sources."""
+    kind = request.param
+    folder = tmp_path_factory.mktemp(f"asof_{kind}")
+    _sources(folder, KEYS[kind])
+    return (_store(folder, "duckdb", kind), _store(folder, "notebench.features.feast_offline.AsofDuckDBOfflineStore",
+                                                   kind), KEYS[kind])
 
 
-def _entities(naive: bool) -> pd.DataFrame:
+def _entities(naive: bool, key) -> pd.DataFrame:
     times = [T0 - pd.Timedelta(hours=1), T0, T0 + pd.Timedelta(hours=30), T0 + pd.Timedelta(days=2, hours=5),
              T0 + pd.Timedelta(days=4), T0 + pd.Timedelta(days=9)]
-    rows = [{"driver_id": i, "event_timestamp": t, "label": k % 2} for i in (1, 2, 3, 4) for k, t in enumerate(times)]
+    rows = [{"driver_id": key(i), "event_timestamp": t, "label": k % 2}
+            for i in (1, 2, 3, 4) for k, t in enumerate(times)]
     rows.append(rows[3])  # a duplicate entity row keeps its place
     frame = pd.DataFrame(rows)
     if naive:
@@ -109,11 +116,11 @@ def _compare(ours: pd.DataFrame, theirs: pd.DataFrame, entity_df: pd.DataFrame) 
 @pytest.mark.parametrize("full_names", [False, True])
 @pytest.mark.parametrize("naive", [False, True])
 def test_same_answer_as_feasts_duckdb_store(stores, full_names, naive):
-    theirs_store, ours_store = stores
+    theirs_store, ours_store, key = stores
     # not a feature named "y": Feast's own store drops any column whose name ends in "_y" (its join suffix), so
     # with full names "stats__y" vanishes from its answer (Feast 0.67); ours keeps it
     refs = ["stats:x", "stats:trips", "stats:z", "ratings:rating"]
-    entity_df = _entities(naive)
+    entity_df = _entities(naive, key)
     job = ours_store.get_historical_features(entity_df=entity_df, features=refs, full_feature_names=full_names)
     assert "ASOF" in job.to_sql()  # our plan ran, not a fallback
     ours = job.to_df()
@@ -124,18 +131,21 @@ def test_same_answer_as_feasts_duckdb_store(stores, full_names, naive):
 
 
 def test_the_rules_hold(stores):
-    ours = stores[1].get_historical_features(entity_df=_entities(False), features=["stats:x", "stats:z"]).to_df()
+    _, ours_store, key = stores
+    ours = ours_store.get_historical_features(entity_df=_entities(False, key), features=["stats:x", "stats:z"]).to_df()
+    assert ours["driver_id"].map(type).eq(type(key(1))).all()  # keys come back as they went in
     at = ours.set_index(["driver_id", "event_timestamp"]).sort_index()
-    assert pd.isna(at.loc[(1, T0 - pd.Timedelta(hours=1)), "x"].iloc[0])  # nothing before the first feature row
-    assert at.loc[(1, T0 + pd.Timedelta(days=2, hours=5)), "x"].iloc[0] == 99.0  # newest created wins the tie
-    assert pd.isna(at.loc[(3, T0 + pd.Timedelta(days=4)), "x"].iloc[0])  # beyond the ttl: null
-    assert at.loc[(4,), "x"].isna().all()  # an unknown entity keeps its rows, with null features
+    assert pd.isna(at.loc[(key(1), T0 - pd.Timedelta(hours=1)), "x"].iloc[0])  # nothing before the first feature row
+    assert at.loc[(key(1), T0 + pd.Timedelta(days=2, hours=5)), "x"].iloc[0] == 99.0  # newest created wins the tie
+    assert pd.isna(at.loc[(key(3), T0 + pd.Timedelta(days=4)), "x"].iloc[0])  # beyond the ttl: null
+    assert at.loc[(key(4),), "x"].isna().all()  # an unknown entity keeps its rows, with null features
     assert at["z"].notna().any()  # the mapped source column arrives under its feature name
 
 
 def test_renamed_join_key(stores):
-    entity_df = _entities(False).rename(columns={"driver_id": "rider_id"})
+    *both, key = stores
+    entity_df = _entities(False, key).rename(columns={"driver_id": "rider_id"})
     ours, theirs = (store.get_historical_features(entity_df=entity_df, features=store.get_feature_service("riders"))
-                    .to_df().rename(columns={"rider_id": "driver_id"}) for store in reversed(stores))
+                    .to_df().rename(columns={"rider_id": "driver_id"}) for store in reversed(both))
     assert ours["x"].notna().any()
     _compare(ours, theirs, entity_df)

@@ -175,7 +175,7 @@ def test_close_kills_running_kernels_and_the_server(tmp_path):
     kernel = kernels()[0]
     server = kernel.parent()
     own.close()
-    gone, alive = psutil.wait_procs([kernel, server], timeout=5)
+    gone, alive = psutil.wait_procs([kernel, server], timeout=120)  # a condition, not a budget: busy CI
     assert not alive
     thread.join(15)
     assert isinstance(outcome.get("error"), DeadKernelError)  # what the runner turns into StepFailed
@@ -190,7 +190,7 @@ def test_a_dropped_kernel_handle_kills_the_kernel_and_the_server_carries_on(pool
     kernel = psutil.Process(km.provisioner.pid)
     assert kernel.name() == "nbs-kernel"
     km.provisioner.process.close()  # what the runner's death does to every handle it holds
-    gone, alive = psutil.wait_procs([kernel], timeout=5)
+    gone, alive = psutil.wait_procs([kernel], timeout=120)  # a condition, not a budget: busy CI
     assert not alive
     asyncio.run(km.cleanup_resources())
     assert pool.mode == "fork"
@@ -219,7 +219,7 @@ def test_a_killed_runner_leaves_neither_server_nor_kernel():
     finally:
         runner.kill()
         runner.wait()
-    gone, alive = psutil.wait_procs(kernel + server, timeout=5)
+    gone, alive = psutil.wait_procs(kernel + server, timeout=120)  # a condition, not a budget
     assert not alive
 
 

@@ -11,21 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import notebench
+from fixture_lib.use_case import readings
 from notebench.monitoring.drift import profile
 from notebench.monitoring.monitor import Alert, monitor, read_results, read_windows
 from notebench.serving.predlog import PredictionLog, log_root
+from notebench.usecase import load_use_case
 
-from nbs_lib.data import CATEGORICAL, FEATURES, NUMERIC
-from nbs_lib.demo_data import daily_snapshot
+UC = load_use_case()  # the engine tests' use case (conftest selects it)
+FEATURES, NUMERIC, CATEGORICAL = UC.features, list(UC.numeric), list(UC.categorical)
 
 MODEL = "notebench-model"
 HOUR_AGO = time.time() - 3600  # logged rows older than [monitoring] settle
 
 
 def score(frame: pd.DataFrame) -> np.ndarray:
-    """A fixed stand-in for a model: a probability that moves with charges, calls and the contract."""
-    logit = (0.04 * (frame["monthly_charges"] - 60) + 0.35 * frame["support_calls_30d"]
-             + (frame["contract"] == "month_to_month") - 1.5)
+    """A fixed stand-in for a model: a probability that moves with temperature, load and the production line."""
+    logit = (0.08 * (frame["temperature"] - 60) + 0.04 * (frame["load_pct"] - 55)
+             + (frame["line"] == "gamma") - 1.5)
     return (1 / (1 + np.exp(-logit))).to_numpy()
 
 
@@ -42,8 +44,8 @@ def shared_tracking(tracking, monkeypatch):
 
 @pytest.fixture(scope="module")
 def world() -> pd.DataFrame:
-    """Twenty days of the stable demo world: the training rows the reference is profiled on."""
-    return pd.concat([daily_snapshot(day, customers=1000) for day in range(20)], ignore_index=True)
+    """Twenty days of the stable sensors world: the training rows the reference is profiled on."""
+    return pd.concat([readings(day, size=1000) for day in range(20)], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,23 +123,23 @@ def test_no_shift_windows_raise_no_alert_and_each_row_is_judged_once(workspace, 
     from notebench.workspace import Workspace
 
     run = Workspace().client().get_run(report.mlflow_run_id)
-    assert run.data.metrics["dataset_drift"] == 0.0 and "drift.monthly_charges" in run.data.metrics
+    assert run.data.metrics["dataset_drift"] == 0.0 and "drift.temperature" in run.data.metrics
 
 
 def test_a_shifted_window_flags_the_shifted_features_and_only_those(workspace, world, reference):
     version = register(reference)
     shifted = sample(world, 1000, 3)
-    shifted["monthly_charges"] *= 1.3
-    shifted["region"] = shifted["region"].replace({"north": "east", "south": "east"})
+    shifted["temperature"] *= 1.3
+    shifted["line"] = shifted["line"].replace({"alpha": "gamma"})
     log_rows(workspace, shifted, version)
     report = monitor(log_to_mlflow=False)
     (window,) = report.windows
-    assert set(window["drifted"]) == {"monthly_charges", "region"}
-    assert not window["dataset_drift"]  # 2 of 14 features: below drift_share
+    assert set(window["drifted"]) == {"temperature", "line"}
+    assert not window["dataset_drift"]  # 2 of 6 features: below drift_share
     results = read_results(workspace)
     flagged = results[(results["check"] == "drift") & results["alert"]]
-    assert set(flagged["feature"]) == {"monthly_charges", "region"}
-    assert window["prediction_drift"]  # the stand-in model leans on monthly charges
+    assert set(flagged["feature"]) == {"temperature", "line"}
+    assert window["prediction_drift"]  # the stand-in model leans on temperature
     kinds = {(a.kind, a.check) for a in report.alerts}
     assert ("drift", "prediction_drift") in kinds and ("drift", "dataset_drift") not in kinds
     assert all(isinstance(a, Alert) and a.model_version == version and a.window_end for a in report.alerts)
@@ -145,24 +147,21 @@ def test_a_shifted_window_flags_the_shifted_features_and_only_those(workspace, w
 
 def test_a_broad_shift_is_dataset_drift_and_bad_data_is_a_quality_finding(workspace, world, reference):
     version = register(reference)
-    frame = daily_snapshot(25, "covariate_shift", customers=1000, shift_day=20).sample(1000, random_state=0)
-    frame = frame.reset_index(drop=True)
-    for column in ("tenure_months", "total_charges", "days_since_last_login", "usage_hours_7d",
-                   "satisfaction_score", "discount_pct"):
+    frame = readings(25, size=1000, scenario="null_spike", shift_day=20)  # vibration: 40% missing
+    for column in ("temperature", "load_pct", "hours_since_service"):
         frame[column] = frame[column] * 3 + 5  # most features move
-    frame.loc[:199, "usage_hours_7d"] = np.nan  # a null spike
-    frame.loc[:99, "plan"] = "platinum"  # a category never seen in training
+    frame.loc[:99, "site"] = "plant_9"  # a site never seen in training
     log_rows(workspace, frame, version)
     report = monitor(log_to_mlflow=False)
     alerts = {a.check: a for a in report.alerts}
     assert alerts["dataset_drift"].kind == "drift" and "dataset drift" in alerts["dataset_drift"].reason
     quality = alerts["data_quality"]
-    assert {"usage_hours_7d", "plan"} <= set(quality.details["features"])
+    assert {"vibration", "site"} <= set(quality.details["features"])
     results = read_results(workspace)
     unseen = results[(results["check"] == "data_quality") & (results["method"] == "unseen_categories")
-                     & (results["feature"] == "plan")].iloc[0]
+                     & (results["feature"] == "site")].iloc[0]
     assert unseen["alert"] and unseen["statistic"] == pytest.approx(0.1)
-    assert json.loads(unseen["details"])["values"] == ["platinum"]
+    assert json.loads(unseen["details"])["values"] == ["plant_9"]
 
 
 def test_labels_that_decay_raise_a_quality_alert(workspace, world, reference):
@@ -194,6 +193,41 @@ def test_labels_that_decay_raise_a_quality_alert(workspace, world, reference):
     quality = read_results(workspace).query("check == 'quality' and method == 'auc'")
     assert quality["alert"].tolist() == [False, True]
     assert monitor(log_to_mlflow=False).nothing_new  # each window's quality is judged once
+
+
+def test_quality_is_judged_on_the_use_cases_primary_metric_in_its_direction(workspace, world, reference, tmp_path,
+                                                                           monkeypatch):
+    """A use case whose primary metric is the Brier score (lower is better): the live Brier is compared with the
+    holdout's, and a rise, not a drop, is the alert."""
+    (tmp_path / "brier_case.py").write_text(
+        "import dataclasses\nfrom fixture_lib.use_case import USE_CASE as SENSORS\n"
+        "USE_CASE = dataclasses.replace(SENSORS, metric='brier', direction='')  # the direction follows the metric\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NOTEBENCH_USE_CASE_OBJECT", "brier_case:USE_CASE")
+    monkeypatch.setenv("NOTEBENCH_MONITORING_MAX_AUC_DROP", "0.01")
+    rng = np.random.default_rng(7)
+    good, bad = sample(world, 1000, 14), sample(world, 1000, 15)
+    y_good = (rng.random(1000) < score(good)).astype(int)
+    y_bad = (rng.random(1000) < score(bad).mean()).astype(int)  # labels no longer follow the score
+    holdout = float(np.mean((score(good) - y_good) ** 2))
+    version = register(reference, auc=0.5)  # a holdout AUC the Brier use case must not be judged on
+    from notebench.registry.models import metric_tags
+    from notebench.workspace import Workspace
+
+    client = Workspace().client()
+    for key, value in metric_tags({"brier": holdout}).items():
+        client.set_model_version_tag(MODEL, version, key, value)
+    send = log_rows(workspace, good, version, prefix="good") + log_rows(workspace, bad, version,
+                                                                        start=HOUR_AGO + 60, prefix="bad")
+    send_feedback(workspace, send, np.concatenate([y_good, y_bad]))
+    report = monitor(log_to_mlflow=False)
+    assert [(q["metric"], q["holdout"]) for q in report.quality] == [("brier", holdout)] * 2
+    assert report.quality[0]["brier"] == pytest.approx(holdout) and not report.quality[0]["alert"]
+    assert report.quality[1]["brier"] > holdout + 0.01 and report.quality[1]["alert"]
+    (alert,) = [a for a in report.alerts if a.kind == "quality"]
+    assert "live brier" in alert.reason and "above the holdout" in alert.reason
+    quality = read_results(workspace).query("check == 'quality'")
+    assert "auc" not in set(quality["method"]) and quality.query("method == 'brier'")["alert"].tolist() == [False, True]
 
 
 def test_no_shift_false_alarm_rate_per_feature_is_at_most_five_percent(workspace, world, reference, monkeypatch):

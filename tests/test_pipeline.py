@@ -46,10 +46,9 @@ def test_fork_join_runs_forks_in_parallel_then_caches(workspace, forkjoin):
     assert min(b[0], c[0]) >= a_end  # the join waited for its upstream
     assert products(workspace, "fj", "a", "a.txt") in products(workspace, "fj", "d", "d.txt")
 
-    start = time.perf_counter()
-    proc = notebench("run", str(forkjoin), check=True)
-    assert time.perf_counter() - start < 5
+    proc = notebench("run", str(forkjoin), check=True)  # nothing changed: no kernel starts, every step cached
     assert set(states(workspace, "fj").values()) == {"cached"}, proc.stderr
+    assert "never ran" not in proc.stdout
 
 
 def test_changed_step_reruns_with_its_downstream_only_and_explain_says_why(workspace, forkjoin):

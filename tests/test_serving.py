@@ -1,7 +1,8 @@
 """The prediction service on real models: a real uvicorn (and a real `mlflow models serve`) on free local ports,
 and TestClient for the fast checks.
 
-One small demo world is trained into a temporary workspace: version 1 (champion) and a second model that predicts
+One small world of the engine tests' use case (sensors: a string entity `device_id`, the target inside the
+feature batches) is trained into a temporary workspace: version 1 (champion) and a second model that predicts
 differently (registered as version 2 by the swap test). The uvicorn server is started before training, so its
 imports overlap the training; it waits for the champion alias. A second workspace holds the Feast feature repo
 (sharing the first one's MLflow store), so that only the in-process app pays for importing Feast.
@@ -28,13 +29,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT
+from notebench.data.batches import feature_rows, load_landing, read_batches
 from notebench.serving import create_app, read_feedback, read_predictions
 from notebench.serving.predlog import PredictionLog, compact
 from notebench.settings import load_settings
+from notebench.usecase import load_use_case
 from notebench.workspace import Workspace
 
-from nbs_lib.data import ENTITY, FEATURES, TARGET, load_landing, read_batches
-from nbs_lib.demo_data import generate
+UC = load_use_case()  # the engine tests' use case (conftest selects it)
+ENTITY, FEATURES, TARGET = UC.entities[0], UC.features, UC.target
 
 BLESSING = ["auc overall 0.81 >= minimum 0.70"]
 TOKEN = "s3cret-token"
@@ -46,7 +49,7 @@ class World:
     ws: Workspace
     client: object
     name: str
-    frame: pd.DataFrame  # feature rows of the model's inputs
+    frame: pd.DataFrame  # feature rows of the model's inputs, none with a missing value
     runs: list  # (run_id, model_uri, local path) per trained model
     server: str  # base URL of the uvicorn server
     proc: subprocess.Popen
@@ -86,8 +89,6 @@ def world(tmp_path_factory):
     import mlflow
     from notebench.registry.tracking import log_sklearn_model
 
-    from nbs_lib.model import make_model
-
     root = tmp_path_factory.mktemp("serving")
     previous_uri = mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as mp:
@@ -104,14 +105,14 @@ def world(tmp_path_factory):
                                  "0.5", "--flush-interval", "0.2", "--log-level", "warning"],
                                 cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         try:
-            generate(ws.landing, days=12, customers=120)
-            frame = load_landing(ws.landing)
+            UC.simulate(ws.landing, days=12, size=120)
+            frame = load_landing(UC, ws.landing)
             X, y = frame[FEATURES], frame[TARGET]
             mlflow.set_tracking_uri(ws.tracking_uri)
             runs = []
             for params in ({}, {"max_iter": 10, "learning_rate": 0.3, "max_leaf_nodes": 8}):
                 run = client.create_run(experiment)
-                info = log_sklearn_model(run.info.run_id, make_model(params).fit(X, y), X.head(5))
+                info = log_sklearn_model(run.info.run_id, UC.make_model(params).fit(X, y), X.head(5))
                 local = mlflow.artifacts.download_artifacts(info.model_uri, tracking_uri=ws.tracking_uri)
                 runs.append((run.info.run_id, info.model_uri, local))
             client.create_registered_model(name)
@@ -121,7 +122,7 @@ def world(tmp_path_factory):
             client.set_registered_model_alias(name, "champion", v1.version)
             base = f"http://127.0.0.1:{port}"
             wait_for(f"{base}/ready", proc, log)
-            yield World(ws, client, name, X.reset_index(drop=True), runs, base, proc, log)
+            yield World(ws, client, name, X.dropna().reset_index(drop=True), runs, base, proc, log)
         finally:
             mlflow.set_tracking_uri(previous_uri)
             if proc.poll() is None:
@@ -138,16 +139,16 @@ def features_ws(world, tmp_path_factory):
     from notebench.features.store import FeatureRepo
 
     path = tmp_path_factory.mktemp("serving-features") / "ws"
-    ws = Workspace(load_settings(environ={"NOTEBENCH_WORKSPACE_PATH": str(path),
+    ws = Workspace(load_settings(environ={**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(path),
                                           "NOTEBENCH_TRACKING_URI": world.ws.tracking_uri}))
-    snapshots = read_batches(world.ws.landing / "features")
+    snapshots = feature_rows(UC, read_batches(world.ws.landing / "features"))  # the target stays out of the store
     source = ws.path("curated", "snapshots.parquet")
     snapshots.to_parquet(source)
     repo = FeatureRepo(ws)
     repo.apply(source)
     repo.materialize()
-    latest = snapshots.sort_values("event_timestamp").groupby(ENTITY).tail(1).set_index(ENTITY)
-    return ws, latest
+    latest = snapshots.sort_values(UC.timestamp).groupby(ENTITY).tail(1).set_index(ENTITY)
+    return ws, latest.dropna(subset=FEATURES)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,7 @@ def test_every_mlflow_format_gives_the_same_predictions(world, app_client):
 def test_predict_by_record_and_by_entity(world, app_client, features_ws):
     _, latest = features_ws
     ids = latest.index[:3].tolist()
+    assert all(isinstance(i, str) and i.startswith("dev-") for i in ids)  # a string entity, as the use case declares
     by_entity = app_client.post("/predict", json={"entities": ids})
     assert by_entity.status_code == 200, by_entity.text
     body = by_entity.json()
@@ -211,19 +213,20 @@ def test_predict_by_record_and_by_entity(world, app_client, features_ws):
 
 
 BAD_INPUTS = [  # (what, request, status, words the message must hold)
-    ("missing column", {"json": {"dataframe_records": "drop:tenure_months"}}, 422, ["missing", "tenure_months"]),
+    ("missing column", {"json": {"dataframe_records": "drop:hours_since_service"}}, 422,
+     ["missing", "hours_since_service"]),
     ("extra column", {"json": {"dataframe_records": "add:shoe_size=42"}}, 422, ["unexpected", "shoe_size"]),
-    ("string in a numeric column", {"json": {"dataframe_records": "set:monthly_charges='abc'"}}, 422,
-     ["monthly_charges", "string 'abc'"]),
-    ("fraction in an integer column", {"json": {"dataframe_records": "set:tenure_months=3.5"}}, 422,
-     ["tenure_months", "3.5"]),
-    ("null in an integer column", {"json": {"dataframe_records": "set:num_devices=None"}}, 422,
-     ["num_devices", "null"]),
-    ("NaN in an integer column", {"content": "nan"}, 422, ["late_payments_90d", "NaN"]),
-    ("number in a string column", {"json": {"dataframe_records": "set:region=5"}}, 422, ["region", "number 5"]),
-    ("infinity in a float column", {"content": "inf"}, 422, ["discount_pct", "finite"]),
+    ("string in a numeric column", {"json": {"dataframe_records": "set:temperature='abc'"}}, 422,
+     ["temperature", "string 'abc'"]),
+    ("fraction in an integer column", {"json": {"dataframe_records": "set:hours_since_service=3.5"}}, 422,
+     ["hours_since_service", "3.5"]),
+    ("null in an integer column", {"json": {"dataframe_records": "set:hours_since_service=None"}}, 422,
+     ["hours_since_service", "null"]),
+    ("NaN in an integer column", {"content": "nan"}, 422, ["hours_since_service", "NaN"]),
+    ("number in a string column", {"json": {"dataframe_records": "set:line=5"}}, 422, ["line", "number 5"]),
+    ("infinity in a float column", {"content": "inf"}, 422, ["load_pct", "finite"]),
     ("row of the wrong length", {"json": {"dataframe_split": {"columns": FEATURES, "data": [[1, 2]]}}}, 422,
-     ["14 values"]),
+     [f"{len(FEATURES)} values"]),
     ("empty payload (no rows)", {"json": {"dataframe_records": []}}, 422, ["empty payload"]),
     ("empty body", {"content": b"", "headers": {"content-type": "application/json"}}, 400, ["empty payload"]),
     ("malformed JSON", {"content": b'{"dataframe_records": [', "headers": {"content-type": "application/json"}},
@@ -244,7 +247,7 @@ def _request(spec: dict, frame: pd.DataFrame) -> dict:
     if spec.get("content") in ("nan", "inf"):  # non-standard JSON tokens Python's json reads
         rows = records(frame.head(2))
         text = json.dumps({"dataframe_records": rows})
-        col = "late_payments_90d" if spec["content"] == "nan" else "discount_pct"
+        col = "hours_since_service" if spec["content"] == "nan" else "load_pct"
         token = "NaN" if spec["content"] == "nan" else "Infinity"
         text = text.replace(f'"{col}": {rows[0][col]}', f'"{col}": {token}', 1)
         return {"content": text.encode(), "headers": {"content-type": "application/json"}}
@@ -276,18 +279,21 @@ def test_a_bad_input_gets_its_4xx_and_the_next_request_succeeds(world, app_clien
 
 def test_what_is_accepted_as_the_signature_allows(world, app_client):
     rows = records(world.frame.head(2))
-    rows[0]["tenure_months"] = 12.0  # integral float in an integer column
-    rows[0]["monthly_charges"] = 50  # integer in a float column
-    rows[1]["satisfaction_score"] = None  # missing value in a float column
-    rows[1]["plan"] = None  # missing category, as MLflow allows
+    rows[0]["hours_since_service"] = 12.0  # integral float in an integer column
+    rows[0]["temperature"] = 50  # integer in a float column
+    rows[1]["vibration"] = None  # missing value in a float column
+    rows[1]["line"] = None  # missing category, as MLflow allows
     response = app_client.post("/invocations", json={"dataframe_records": rows})
     assert response.status_code == 200, response.text
 
 
 def test_predict_and_feedback_refuse_bad_requests_by_name(world, app_client):
-    unknown = app_client.post("/predict", json={"entities": [987654321, 1]})
-    assert unknown.status_code == 404 and "987654321" in unknown.json()["message"]
-    both = app_client.post("/predict", json={"entities": [1], "records": records(world.frame.head(1))})
+    unknown = app_client.post("/predict", json={"entities": ["dev-9999", "dev-0001"]})
+    assert unknown.status_code == 404 and "dev-9999" in unknown.json()["message"]
+    assert "dev-0001" not in unknown.json()["message"]  # only the ids the online store lacks are named
+    number = app_client.post("/predict", json={"entities": [1]})  # device_id is a string: 1 is not "dev-0001"
+    assert number.status_code == 422 and "device_id" in number.json()["message"], number.text
+    both = app_client.post("/predict", json={"entities": ["dev-0001"], "records": records(world.frame.head(1))})
     assert both.status_code == 422 and "exactly one" in both.json()["message"]
     assert app_client.post("/predict", json={"entities": []}).status_code == 422
     bad_id = app_client.post("/predict", json={"entities": [True]})
@@ -329,17 +335,18 @@ def test_feedback_is_durable_beside_the_predictions_and_shadow_is_logged(world, 
     assert by_role["shadow"].model_version.unique().tolist() == ["2"]
     assert np.allclose(by_role["champion"].prediction, answer.json()["predictions"])
     assert not np.allclose(by_role["shadow"].prediction, by_role["champion"].prediction)
-    assert (by_role["champion"].tenure_months.to_numpy() == world.frame.tenure_months.head(2).to_numpy()).all()
+    assert (by_role["champion"].hours_since_service.to_numpy()
+            == world.frame.hours_since_service.head(2).to_numpy()).all()
     assert read_predictions(ws, since=pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1)).empty
     # text that is not valid Unicode (a lone surrogate escaped in JSON) is scored, and logged repaired
-    text = json.dumps({"dataframe_records": records(world.frame.head(1))}).replace('"region": "', '"region": "\\ud800')
+    text = json.dumps({"dataframe_records": records(world.frame.head(1))}).replace('"line": "', '"line": "\\ud800')
     odd = app_client.post("/invocations", content=text.encode(), headers={"X-Request-Id": rid + "-odd"})
     assert odd.status_code == 200, odd.text
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not (read_predictions(ws).request_id == rid + "-odd").any():
         time.sleep(0.1)
     logged = read_predictions(ws)
-    assert logged[logged.request_id == rid + "-odd"].region.iloc[0].startswith("?")
+    assert logged[logged.request_id == rid + "-odd"].line.iloc[0].startswith("?")
 
 
 def test_operations_endpoints(world, app_client):
@@ -388,7 +395,7 @@ def test_a_service_without_a_champion_is_alive_not_ready_then_loads_on_reload(wo
 def test_shutdown_flushes_the_prediction_log(world, tmp_path):
     from fastapi.testclient import TestClient
 
-    ws = Workspace(load_settings(environ={"NOTEBENCH_WORKSPACE_PATH": str(tmp_path / "ws"),
+    ws = Workspace(load_settings(environ={**os.environ, "NOTEBENCH_WORKSPACE_PATH": str(tmp_path / "ws"),
                                           "NOTEBENCH_TRACKING_URI": world.ws.tracking_uri}))
     with TestClient(create_app(ws, watch_interval=0, flush_interval=3600, flush_rows=10**6)) as client:
         rid = good(client, world.frame).headers["x-request-id"]
@@ -483,6 +490,29 @@ def test_prediction_log_segments_compaction_and_torn_writes(tmp_path):
     again = read_predictions(tmp_path)
     pd.testing.assert_frame_equal(again[rows.columns], rows)
     assert len(read_predictions(tmp_path, since="2020-01-02")) == 0
+
+
+def test_rows_logged_after_their_day_are_read_by_time_not_by_folder(tmp_path):
+    """A day folder is the day of the flush: rows of a request that started before midnight and was flushed after it
+    sit in the next day's folder, and a read that ends before that day still finds them (the monitoring job's
+    labelled windows read so; once they came back empty for an hour after each midnight)."""
+    from notebench.serving.schema import Batch
+
+    class Model:
+        name, version = "m", "1"
+
+    two_days_ago = time.time() - 2 * 86400
+    log = PredictionLog(tmp_path / "predictions", flush_interval=30).start()
+    batch = Batch({"a": np.arange(3, dtype=np.int64)}, 3)
+    log.log(request_id="late", endpoint="/invocations", model=Model, columns=batch.columns,
+            output=np.array([0.1, 0.2, 0.3]), rows=3, started=two_days_ago, latency=0.001)
+    log.close()  # flushed now: today's folder
+    (folder,) = (tmp_path / "predictions" / "log").iterdir()
+    assert folder.name == time.strftime("%Y-%m-%d", time.gmtime())
+    since, until = [pd.Timestamp(two_days_ago + d, unit="s", tz="UTC") for d in (-60, 86400)]
+    rows = read_predictions(tmp_path, since=since, until=until)
+    assert rows.request_id.tolist() == ["late"] * 3
+    assert read_predictions(tmp_path, since=since, until=since + pd.Timedelta(seconds=1)).empty
 
 
 # ---------------------------------------------------------------------------------------------------------

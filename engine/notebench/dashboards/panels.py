@@ -9,6 +9,7 @@ Sources:
 
 | panel | reads |
 |---|---|
+| `primary_metric` | the use case (`UseCase.metric`): the number the pages lead with |
 | `champion_summary`, `versions_table`, `segment_metrics`, `champion_history` | the MLflow registry, evaluate runs |
 | `recent_runs`, `run_detail` | run records `<workspace>/pipelines/<name>/runs/<id>/run.json` |
 | `service_health` | the prediction service's `/health` on `[serving] host:port` |
@@ -16,6 +17,8 @@ Sources:
 | `drift_over_time`, `drift_status`, `quality_over_time` | `notebench.monitoring.monitor.read_results` |
 | `recent_triggers` | `notebench.triggers.read_events` |
 | `health` | all of the above, as one green / amber / red state per concern |
+
+A use case may declare no segments: `segment_metrics` then holds each version's overall primary metric only.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ import urllib.request
 from datetime import UTC, datetime
 
 __all__ = ["AMBER", "GREEN", "GREY", "HEALTH_CHECKS", "RED", "champion_history", "champion_summary", "client",
-           "drift_over_time", "drift_status", "health", "health_check", "notebook_url", "prediction_volume",
-           "quality_over_time", "recent_runs", "recent_triggers", "run_detail", "segment_metrics",
-           "service_health", "versions_table", "warm_up", "workspace", "worst"]
+           "drift_over_time", "drift_status", "health", "health_check", "metric_names", "notebook_url",
+           "prediction_volume", "primary_metric", "quality_over_time", "recent_runs", "recent_triggers",
+           "run_detail", "segment_metrics", "service_health", "versions_table", "warm_up", "workspace", "worst"]
 
 GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"  # grey: nothing to judge yet
 _SEVERITY = {GREY: 0, GREEN: 1, AMBER: 2, RED: 3}
 LINEAGE_TAGS = {"pipeline_run": "notebench.pipeline_run_id", "pipeline": "notebench.pipeline",
                 "data_digest": "notebench.data_digest", "git_commit": "notebench.git.commit",
                 "git_dirty": "notebench.git.dirty", "compared_with": "notebench.compared_with"}
+FIXED_COLUMNS = ["version", "aliases", "blessed", "reasons", "created", *LINEAGE_TAGS, "notebooks"]  # of versions_table
 
 
 def worst(states) -> str:
@@ -86,9 +90,26 @@ def warm_up(ws=None) -> None:
     fig = plt.figure(figsize=(1, 1))
     fig.canvas.draw()  # loads the fonts
     plt.close(fig)
+    primary_metric(ws)  # imports the use case's module
     c = client(ws)
     if c is not None:
         c.search_registered_models(max_results=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _metric_of(reference: str) -> str:
+    from notebench.errors import NotebenchError
+    from notebench.usecase import METRICS, load_use_case
+
+    try:
+        return load_use_case(reference=reference).metric
+    except NotebenchError:  # the use case cannot be imported where the dashboards run: the binary default
+        return METRICS["binary"]
+
+
+def primary_metric(ws=None) -> str:
+    """The use case's primary metric (`UseCase.metric`, e.g. `auc`): what the pages lead with and compare."""
+    return _metric_of(workspace(ws).settings.value("use_case", "object"))
 
 
 def _optional(module: str):
@@ -141,8 +162,9 @@ def champion_summary(ws=None) -> dict | None:
     row = next((r for r in rows if "champion" in r["aliases"]), None)
     if row is None:
         return None
-    tags = row["tags"]
+    tags, metric = row["tags"], primary_metric(ws)
     return {"model_name": _model_name(ws), "version": row["version"], "aliases": row["aliases"],
+            "metric": metric, "score": row["metrics"].get(metric),
             "promoted_at": tags.get("notebench.promoted.at"), "promoted_by": tags.get("notebench.promoted.by"),
             "promoted_why": tags.get("notebench.promoted.reason"), "forced": tags.get("notebench.forced") == "true",
             "created": row["created"], "metrics": row["metrics"], "blessed": row["blessed"],
@@ -159,13 +181,20 @@ def versions_table(ws=None):
         rows.append({"version": r["version"], "aliases": r["aliases"], "blessed": r["blessed"],
                      "reasons": r["reasons"], "created": r["created"], **r["metrics"], **lineage,
                      "notebooks": _run_notebooks(ws, lineage["pipeline"], lineage["pipeline_run"])})
-    return _frame(rows, ["version", "aliases", "blessed", "reasons", "created", *LINEAGE_TAGS, "notebooks"]
-                  if not rows else None)
+    return _frame(rows, FIXED_COLUMNS if not rows else None)
 
 
-def segment_metrics(ws=None, metric: str = "auc"):
-    """`metric` per segment for each version (rows: versions, columns: `column=value`), from its evaluate step."""
+def metric_names(table, metric: str | None = None) -> list[str]:
+    """The metric columns of a `versions_table`, the primary `metric` first."""
+    names = sorted(c for c in table.columns if c not in FIXED_COLUMNS)
+    return sorted(names, key=lambda c: c != metric)
+
+
+def segment_metrics(ws=None, metric: str | None = None):
+    """`metric` (default: the primary one) of each version's evaluate step (rows: versions): `overall`, then one
+    column per segment (`column=value`); `overall` alone when the use case declares no segments."""
     ws = workspace(ws)
+    metric = metric or primary_metric(ws)
     c = client(ws)
     rows = _versions(ws)
     if c is None or not rows:
@@ -181,7 +210,7 @@ def segment_metrics(ws=None, metric: str = "auc"):
         metrics = by_parent.get(r["tags"].get("notebench.pipeline_mlflow_run"), {})
         segments = {_segment_label(k, metric): v for k, v in metrics.items()
                     if k.startswith("segment.") and k.endswith(f".{metric}")}
-        if segments:
+        if metric in metrics or segments:
             out[f"v{r['version']}"] = {"overall": metrics.get(metric), **segments}
     import pandas as pd
 
@@ -360,8 +389,10 @@ def drift_status(ws=None, results=None) -> dict:
             "features": int(drift["feature"].nunique()), "alerts": alerts}
 
 
-def quality_over_time(ws=None, results=None, method: str = "auc"):
-    """Live model quality per labelled window (check `quality`, `method`): statistic, alert bound, alert."""
+def quality_over_time(ws=None, results=None, method: str | None = None):
+    """Live model quality per labelled window (check `quality`, `method`; default: the primary metric): statistic,
+    alert bound, alert."""
+    method = method or primary_metric(ws)
     frame = _results(ws, results)
     quality = frame[(frame["check"] == "quality") & (frame["method"] == method)]
     return quality.dropna(subset=["statistic"]).sort_values("window_end").reset_index(drop=True)
@@ -393,10 +424,9 @@ def _model_check(f) -> tuple[str, str]:
     c = f["champion"]
     if c is None:
         return RED, "no champion: nothing can be served"
-    auc = c["metrics"].get("auc")
     forced = " (forced past the gate)" if c["forced"] else ""
-    return (AMBER if c["forced"] else GREEN,
-            f"version {c['version']} is champion{forced}" + (f", holdout AUC {auc:.3f}" if auc is not None else ""))
+    score = f", holdout {c['metric']} {c['score']:.3f}" if c["score"] is not None else ""
+    return AMBER if c["forced"] else GREEN, f"version {c['version']} is champion{forced}{score}"
 
 
 @health_check("service")

@@ -15,8 +15,9 @@ def _print_report(report) -> None:
     for line in report.skipped:
         print(f"skipped: {line}")
     if report.windows or report.quality:
+        metric = next((q["metric"] for q in report.quality if q.get("metric")), "live")  # the primary metric
         print(f"\n{'window end':<27} {'version':>7} {'rows':>6} {'drift share':>11} {'dataset':>7} "
-              f"{'pred.':>5} {'labels':>6} {'AUC':>6} {'holdout':>7}  drifted / bad data")
+              f"{'pred.':>5} {'labels':>6} {metric[:8]:>8} {'holdout':>7}  drifted / bad data")
         quality = {q["window_id"]: q for q in report.quality}
         seen = set()
         for w in report.windows:
@@ -27,11 +28,11 @@ def _print_report(report) -> None:
             share = _fmt(w["drift_share"], ".2f")
             print(f"{w['window_end'][:26]:<27} {w['model_version']:>7} {w['rows']:>6} {share:>11} "
                   f"{'DRIFT' if w['dataset_drift'] else 'ok':>7} {'DRIFT' if w['prediction_drift'] else 'ok':>5} "
-                  f"{q.get('labels', '-')!s:>6} {_fmt(q.get('auc')):>6} {_fmt(q.get('holdout_auc')):>7}  {notes}")
+                  f"{q.get('labels', '-')!s:>6} {_fmt(q.get('value')):>8} {_fmt(q.get('holdout')):>7}  {notes}")
         for q in report.quality:
             if q["window_id"] not in seen:
                 print(f"{q['window_end'][:26]:<27} {q['model_version']:>7} {q['rows']:>6} {'':>11} {'':>7} {'':>5} "
-                      f"{q['labels']:>6} {_fmt(q.get('auc')):>6} {_fmt(q.get('holdout_auc')):>7}  (labels arrived)")
+                      f"{q['labels']:>6} {_fmt(q.get('value')):>8} {_fmt(q.get('holdout')):>7}  (labels arrived)")
     if report.alerts:
         print(f"\n{len(report.alerts)} alert(s):")
         for a in report.alerts:

@@ -10,19 +10,20 @@ the reference profile that version was trained with:
 | `dataset_drift` | window | share of drifting features | share >= `drift_share` |
 | `prediction_drift` | window | the same tests on the `prediction` column | as `drift` |
 | `data_quality` | feature | null-rate rise, share out of range, share of unseen categories | > `quality_share` |
-| `quality` | labelled window | AUC, accuracy, Brier, calibration-in-the-large | AUC < holdout AUC - `max_auc_drop` |
+| `quality` | labelled window | primary metric, accuracy, Brier, calibration | worse than holdout by > `max_auc_drop` |
 
 (Numeric features get KS and Wasserstein, categorical ones chi-squared on a contingency table and Jensen–Shannon.)
 
 Which model judged a row is the row's own `model_version` (the champion that served it, hot swaps included), so
 every window belongs to one version and is compared with that version's reference. The reference (the MLflow
-artifact `reference/profile.json` of the version's training run, with its holdout AUC) is fetched once per version
+artifact `reference/profile.json` of the version's training run, with its holdout metrics) is fetched once per version
 and cached under `<workspace>/monitoring/references/`; its statistics (1,001 quantiles, counts) were computed once
 at training time, so a window costs one pass over its own rows and never touches the training data.
 
 Labels arrive later than predictions, so model quality is judged separately from drift: a window waits until at
 least `min_labels` of its rows are labelled and either all are or no new label arrived for it since the previous
-pass; then it is judged once.
+pass; then it is judged once, on the use case's primary metric (`UseCase.metric`, in its direction) against the one
+the version's holdout recorded (binary use cases: the metrics of `notebench.evaluation.metrics`).
 
 Where results live, and why SQLite. `<workspace>/monitoring/monitoring.db` holds one row per (window, check,
 feature) (`read_results`), the windows, and the per-version watermark of the last judged row. Results and the
@@ -120,7 +121,8 @@ class MonitorReport:
         for q in self.quality:
             rows.setdefault(q["window_id"], {"window_id": q["window_id"], "model_version": q["model_version"],
                                              "window_end": q["window_end"], "rows": q["rows"]}).update(
-                {"labels": q["labels"], "auc": q.get("auc"), "holdout_auc": q.get("holdout_auc")})
+                {"labels": q["labels"], "metric": q.get("metric"), "value": q.get("value"),
+                 "holdout": q.get("holdout")})
         return pd.DataFrame(list(rows.values()))
 
     def to_dict(self) -> dict:
@@ -400,34 +402,56 @@ def _alerts_of(rows: list[dict], meta: dict) -> list[Alert]:
 # model quality on labels
 
 
-def _quality_result(ref: dict, labelled, th: Thresholds) -> tuple[list[dict], dict]:
-    """Quality rows of one labelled window: AUC against the holdout's, accuracy, Brier, calibration-in-the-large."""
+def primary_metric(ws) -> tuple[str, str, bool]:
+    """(task, primary metric, larger is better) of the workspace's use case; a binary task's defaults without one."""
+    from notebench.errors import UseCaseError
+    from notebench.usecase import DIRECTIONS, METRICS, load_use_case
+
+    try:
+        uc = load_use_case(ws.settings)
+    except UseCaseError:
+        return "binary", METRICS["binary"], DIRECTIONS[METRICS["binary"]] == "maximize"
+    return uc.task, uc.metric, uc.maximize
+
+
+def _quality_result(ref: dict, labelled, th: Thresholds, metric: tuple[str, str, bool] = ("binary", "auc", True)
+                    ) -> tuple[list[dict], dict]:
+    """Quality rows of one labelled window: the primary metric against the holdout's (`metric`: task, name, larger
+    is better), accuracy, Brier, calibration-in-the-large."""
     import numpy as np
 
     from notebench.evaluation import metrics
 
+    task, name, maximize = metric
     y, s = labelled["label"].to_numpy(), labelled[PREDICTION].to_numpy(dtype=float)
-    summary = {"labels": int(len(y)), "holdout_auc": ref["holdout"].get("auc")}
-    if not np.isin(y, (0, 1)).all() or not ((s >= 0) & (s <= 1)).all():
-        note = "labels are not 0/1 or predictions are not probabilities: binary-classification quality not defined"
+    holdout = ref["holdout"].get(name)
+    summary = {"labels": int(len(y)), "metric": name, "holdout": holdout, f"holdout_{name}": holdout}
+    note = (f"task {task!r}: live quality is judged for binary use cases only" if task != "binary" else
+            "labels are not 0/1 or predictions are not probabilities: binary-classification quality not defined"
+            if not np.isin(y, (0, 1)).all() or not ((s >= 0) & (s <= 1)).all() else "")
+    m = metrics(y.astype(int), s) if not note else {}
+    if not note and name not in m:
+        note = f"the primary metric {name!r} is not one live quality measures ({', '.join(m)})"
+    if note:
         return [_row("quality", "", "none", None, None, False, labels=len(y), note=note)], {**summary, "note": note}
-    m = metrics(y.astype(int), s)
-    holdout = ref["holdout"].get("auc")
-    bound = None if holdout is None else holdout - th.max_auc_drop
-    decayed = bound is not None and not math.isnan(m["auc"]) and m["auc"] < bound
-    drop = None if holdout is None or math.isnan(m["auc"]) else holdout - m["auc"]
-    reason = (f"model quality: live AUC {m['auc']:.4f} on {len(y)} labels is {drop:.4f} below the holdout's "
-              f"{holdout:.4f} (allowed {th.max_auc_drop:.4f})" if decayed else "")
-    note = ("one class only among the labels: AUC undefined" if math.isnan(m["auc"])
-            else "no holdout AUC recorded on the version: nothing to compare with" if holdout is None else "")
-    rows = [_row("quality", "", "auc", m["auc"], bound, decayed, labels=len(y), holdout_auc=holdout, drop=drop,
-                 reason=reason, **({"note": note} if note else {})),
-            _row("quality", "", "accuracy", m["accuracy"], None, False, holdout=ref["holdout"].get("accuracy")),
-            _row("quality", "", "brier", m["brier"], None, False, holdout=ref["holdout"].get("brier")),
-            _row("quality", "", "calibration_in_the_large", m["mean_score"] - m["positive_rate"], None, False,
-                 mean_score=m["mean_score"], positive_rate=m["positive_rate"])]
-    return rows, {**summary, "auc": _num(m["auc"]), "accuracy": m["accuracy"], "brier": m["brier"],
-                  "auc_drop": drop, "alert": decayed}
+    value = m[name]
+    worse = (lambda a, b: a < b) if maximize else (lambda a, b: a > b)
+    bound = None if holdout is None else holdout - th.max_auc_drop if maximize else holdout + th.max_auc_drop
+    decayed = bound is not None and not math.isnan(value) and worse(value, bound)
+    drop = None if holdout is None or math.isnan(value) else (holdout - value) * (1 if maximize else -1)
+    reason = (f"model quality: live {name} {value:.4f} on {len(y)} labels is {drop:.4f} "
+              f"{'below' if maximize else 'above'} the holdout's {holdout:.4f} (allowed {th.max_auc_drop:.4f})"
+              if decayed else "")
+    note = (f"one class only among the labels: {name} undefined" if math.isnan(value)
+            else f"no holdout {name} recorded on the version: nothing to compare with" if holdout is None else "")
+    rows = [_row("quality", "", name, value, bound, decayed, labels=len(y), holdout=holdout, drop=drop,
+                 reason=reason, **({"note": note} if note else {}))]
+    rows += [_row("quality", "", other, m[other], None, False, holdout=ref["holdout"].get(other))
+             for other in ("accuracy", "brier") if other != name]
+    rows.append(_row("quality", "", "calibration_in_the_large", m["mean_score"] - m["positive_rate"], None, False,
+                     mean_score=m["mean_score"], positive_rate=m["positive_rate"]))
+    return rows, {**summary, "value": _num(value), name: _num(value), "accuracy": m["accuracy"], "brier": m["brier"],
+                  "drop": drop, "alert": decayed}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -538,6 +562,12 @@ class _Pass:
     labels: dict = field(default_factory=dict)  # window_id -> labels seen, for windows still waiting
     quality_done: list[str] = field(default_factory=list)
     state: dict = field(default_factory=dict)  # key -> value for the state table
+    primary: tuple | None = None  # (task, metric, larger is better) of the use case, read when a window is scored
+
+    def metric(self) -> tuple[str, str, bool]:
+        if self.primary is None:
+            self.primary = primary_metric(self.ws)
+        return self.primary
 
     def reference(self, name: str, version: str) -> dict | None:
         key = (name, version)
@@ -686,7 +716,7 @@ def _score_labelled(p: _Pass, cutoff_us: int) -> None:
         ref = p.reference(w["model_name"], w["model_version"])
         if ref is None:
             continue
-        verdicts, summary = _quality_result(ref, rows, p.th)
+        verdicts, summary = _quality_result(ref, rows, p.th, p.metric())
         meta = {k: w[k] for k in ("window_id", "model_name", "model_version", "window_start", "window_end", "rows")}
         meta["rows"] = int(meta["rows"])
         p.results += [{**meta, **r} for r in verdicts]

@@ -411,19 +411,38 @@ def _utc(moment) -> datetime | None:
 
 
 def _files(folder: Path, since: datetime | None, until: datetime | None) -> list[Path]:
-    """The files holding rows in [since, until): whole days outside are skipped, and segments flushed before
-    `since` (a segment holds only rows that arrived before its flush time, its name)."""
+    """The files holding rows in [since, until): days flushed before `since` are skipped, and segments flushed before
+    it (a segment holds only rows that arrived before its flush time, its name). A day folder is the day of the
+    flush, not of the rows: rows logged late (a request started before midnight, flushed after) sit in a later
+    folder, so a folder after `until` keeps the files whose `time` statistics reach back before it."""
     files = []
     for day_folder in sorted(folder.glob("*")):
         day = _day(day_folder)
-        if day is None or (since and day + timedelta(days=1) <= since) or (until and day > until):
+        if day is None or (since and day + timedelta(days=1) <= since):
             continue
         if (day_folder / COMPACTED).exists():
-            files.append(day_folder / COMPACTED)
-            continue
-        floor = int(since.timestamp() * 1e6) if since else None
-        files.extend(p for p in _segments(day_folder) if floor is None or int(p.name.split("-", 1)[0]) >= floor)
+            found = [day_folder / COMPACTED]
+        else:
+            floor = int(since.timestamp() * 1e6) if since else None
+            found = [p for p in _segments(day_folder) if floor is None or int(p.name.split("-", 1)[0]) >= floor]
+        files.extend(p for p in found if not (until and day > until) or _starts_before(p, until))
     return files
+
+
+def _starts_before(path: Path, until: datetime) -> bool:
+    """Whether a file may hold a row with `time` before `until`, by its row groups' statistics (True without any)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    index = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == "time"), None)
+    if index is None:
+        return True
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(index).statistics
+        first = stats.min if stats is not None and stats.has_min_max else None
+        if first is None or (first if first.tzinfo else first.replace(tzinfo=UTC)) < until:
+            return True
+    return False
 
 
 def _read(folder: Path, columns: list[str], since, until, want: list[str] | None):

@@ -30,6 +30,23 @@ log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
+def _entity_type_problems(types: dict[str, str], entity_ids: list) -> list[str]:
+    """One line per entity id whose value cannot be of its entity column's type (`types`: column -> int64 | string);
+    an id of several columns is a dict by column or a tuple in their order."""
+    columns, problems = list(types), []
+    for one in entity_ids:
+        parts = one if isinstance(one, dict) else dict(zip(columns, one, strict=False)) \
+            if isinstance(one, list | tuple) else {columns[0]: one} if len(columns) == 1 else {}
+        for column, value in parts.items():
+            kind = types.get(column)
+            ok = isinstance(value, str) if kind == "string" else \
+                isinstance(value, int) and not isinstance(value, bool) if kind == "int64" else True
+            if not ok:
+                want = "a string" if kind == "string" else "an integer"
+                problems.append(f"entity id {value!r}: {column} is {want} entity column, got {type(value).__name__}")
+    return problems
+
+
 class Service:
     """Everything behind the routes, for one workspace and configuration."""
 
@@ -47,6 +64,7 @@ class Service:
         self._check_lock: asyncio.Lock | None = None
         self._watcher: asyncio.Task | None = None
         self._repo = None
+        self._use_case = None
         self._repo_task: asyncio.Task | None = None
         self.metrics = Registry()
         self._define_metrics()
@@ -175,14 +193,24 @@ class Service:
             gc.freeze()  # Feast's modules too: see `check`
         return self._repo
 
-    async def features(self, entity_ids: list):
-        """The online features of `entity_ids` (`UnknownEntityError` names unknown ids; `ServingError` when the
-        online store cannot be read)."""
-        folder = self.workspace.root / "feature_repo"
-        if not (folder / "feature_store.yaml").is_file():
+    @property
+    def use_case(self):
+        """The workspace's use case (its entity columns and their types), loaded on first use."""
+        if self._use_case is None:
             from notebench.usecase import load_use_case
 
-            raise NoFeatureRepoError(", ".join(load_use_case(self.workspace.settings).entities), entity_ids, folder)
+            self._use_case = load_use_case(self.workspace.settings)
+        return self._use_case
+
+    async def features(self, entity_ids: list):
+        """The online features of `entity_ids` (`InvalidInputError` for ids of the wrong type, `UnknownEntityError`
+        naming unknown ids; `ServingError` when the online store cannot be read)."""
+        folder = self.workspace.root / "feature_repo"
+        if not (folder / "feature_store.yaml").is_file():
+            raise NoFeatureRepoError(", ".join(self.use_case.entities), entity_ids, folder)
+        wrong = _entity_type_problems(self.use_case.entity_types, entity_ids)
+        if wrong:
+            raise InvalidInputError(wrong)
         if self._repo_task is not None and not self._repo_task.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._repo_task)
