@@ -41,7 +41,7 @@ cpu = time.process_time()
 while time.process_time() - cpu < {seconds}:  # CPU-bound work, {seconds} s of one core
     sum(i * i for i in range(10_000))
 work = time.perf_counter() - t0
-pathlib.Path(step.output("out")).write_text(f"{{t0}} {{work}}")
+pathlib.Path(step.output({product!r})).write_text(f"{{t0}} {{work}}")
 """
 
 
@@ -68,23 +68,23 @@ def overheads(ws: Path, pipeline: str) -> list[float]:
     """Per step: seconds from queued to committed minus the work the notebook measured."""
     rec = record(ws, pipeline)
     out = []
-    for name, step in rec["steps"].items():
-        work = float((ws / "pipelines" / pipeline / "products" / name / "out.txt").read_text().split()[1])
+    for step in rec["steps"].values():
+        work = float(Path(next(iter(step["products"].values()))).read_text().split()[1])
         out.append(step["ended"] - step["queued"] - work)
     return out
 
 
 def steps_benchmark(folder: Path, team: dict, seconds: float) -> dict:
     """6 independent spinning steps: local executor, parallelism 1, vs the Dask executor on the team workers."""
-    spec = make_pipeline(folder / "six", {f"s{i}": {"body": SPIN.format(seconds=seconds), "products": {"out": "o.txt"}}
-                                          for i in range(6)})
+    spec = make_pipeline(folder / "six", {f"s{i}": {"body": SPIN.format(seconds=seconds, product=f"s{i}_out"),
+                                                     "products": {f"s{i}_out": "out.txt"}} for i in range(6)})
     local_env = {**os.environ, **FIXTURE, "NOTEBENCH_WORKSPACE_PATH": str(folder / "ws-local"),
                  "NOTEBENCH_PIPELINE_EXECUTOR": "local", "NOTEBENCH_PIPELINE_PARALLELISM": "1"}
     dask_env = {**os.environ, **FIXTURE, **team, "NOTEBENCH_WORKSPACE_PATH": str(folder / "ws-dask")}
     local = run(spec, local_env, "--no-lineage")
     dask = run(spec, dask_env, "--no-lineage")
-    cached = min(run(spec, dask_env) for _ in range(3))  # team mode, lineage on: nothing to run
     state = record(folder / "ws-dask", "six")
+    cached = min(run(spec, dask_env) for _ in range(3))  # team mode, lineage on: nothing to run
     return {"step_seconds": seconds, "local_parallelism_1_s": round(local, 2), "dask_2_workers_s": round(dask, 2),
             "speedup": round(local / dask, 2), "dask_workers_used": len({s["worker"] for s in state["steps"].values()}),
             "cached_team_run_s": round(cached, 2)}
@@ -93,9 +93,9 @@ def steps_benchmark(folder: Path, team: dict, seconds: float) -> dict:
 def overhead_benchmark(folder: Path, team: dict) -> dict:
     """A chain of 6 trivial steps: mean per-step overhead on each executor."""
     body = "import time, pathlib\nt0 = time.perf_counter()\nwork = time.perf_counter() - t0\n" \
-           "pathlib.Path(step.output('out')).write_text(f'{t0} {work}')\n"
-    steps = {f"c{i}": {"body": body, "products": {"out": "out.txt"}, **({"upstream": [f"c{i - 1}"]} if i else {})}
-             for i in range(6)}
+           "pathlib.Path(step.output({product!r})).write_text(f'{{t0}} {{work}}')\n"
+    steps = {f"c{i}": {"body": body.format(product=f"c{i}_out"), "products": {f"c{i}_out": "out.txt"},
+                       **({"upstream": [f"c{i - 1}"]} if i else {})} for i in range(6)}
     spec = make_pipeline(folder / "chain", steps)
     out = {}
     for name, env in (("local", {"NOTEBENCH_PIPELINE_EXECUTOR": "local"}), ("dask", team)):

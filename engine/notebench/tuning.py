@@ -110,9 +110,12 @@ def _where() -> str:
 
 def _trial_task(objective: TrialObjective, study_name: str, storage: str, seed: int) -> dict:
     """On a worker: one trial of the shared study, run by `study.optimize` (heartbeats, failure states)."""
+    import os
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a line per trial run in the worker's log otherwise
     if storage.startswith("sqlite:"):  # workers on one machine share the file: wait for its lock, never fail on it
         storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed))
