@@ -12,7 +12,7 @@ Sources:
 | `primary_metric` | the use case (`UseCase.metric`): the number the pages lead with |
 | `champion_summary`, `versions_table`, `segment_metrics`, `champion_history` | the MLflow registry, evaluate runs |
 | `recent_runs`, `run_detail` | run records `<workspace>/pipelines/<name>/runs/<id>/run.json` |
-| `service_health` | the prediction service's `/health` on `[serving] host:port` |
+| `service_health` | the prediction service's `/health` and `/model` on `[serving] host:port`, the registry |
 | `prediction_volume` | the prediction log (`notebench.serving.read_predictions`) |
 | `drift_over_time`, `drift_status`, `quality_over_time` | `notebench.monitoring.monitor.read_results` |
 | `recent_triggers` | `notebench.triggers.read_events` |
@@ -304,18 +304,61 @@ def run_detail(ws=None, run_id: str | None = None) -> dict | None:
 
 # the prediction service ------------------------------------------------------------------------------------
 def service_health(ws=None, timeout: float = 0.5) -> dict:
-    """Whether the prediction service answers `/health`, and which version it serves."""
+    """Whether the prediction service on `[serving] host:port` is up, serving THIS workspace's registered model, and
+    which version it serves.
+
+    `answers`: something answers `/health` there; `up`: it also serves a version of this workspace's registered model
+    (its `/model` names the model and version, and this workspace's registry holds that version, from the same run:
+    run ids are unique to a tracking store, so another workspace's service on the port is told apart even when its
+    model has the same name and version); `error`: why it is not up."""
     ws = workspace(ws)
     host, port = ws.settings.value("serving", "host"), ws.settings.value("serving", "port")
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/health"
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    out = {"url": f"{base}/health", "up": False, "answers": False, "model_version": None, "model_name": None,
+           "uptime_s": None, "error": None}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = json.loads(resp.read())
+        body = _get_json(out["url"], timeout)
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return {"url": url, "up": False, "model_version": None, "uptime_s": None, "error": str(reason)}
-    return {"url": url, "up": body.get("status") == "ok", "model_version": body.get("model_version"),
-            "uptime_s": body.get("uptime_s"), "error": None}
+        return {**out, "error": str(getattr(exc, "reason", exc))}
+    out.update(answers=body.get("status") == "ok", model_version=body.get("model_version"),
+               uptime_s=body.get("uptime_s"))
+    if not out["answers"]:
+        return {**out, "error": f"{out['url']} answers without status ok: {str(body)[:200]}"}
+    if out["model_version"] is None:
+        return {**out, "error": "the service answers but has no model loaded"}
+    try:
+        served = _get_json(f"{base}/model", timeout)
+    except (OSError, ValueError) as exc:
+        return {**out, "error": f"cannot read what the service serves ({base}/model): {getattr(exc, 'reason', exc)}"}
+    out.update(model_name=served.get("name"), model_version=served.get("version"))
+    why = _not_this_workspace(ws, served)
+    return {**out, "error": why} if why else {**out, "up": True}
+
+
+def _get_json(url: str, timeout: float):
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _not_this_workspace(ws, served: dict) -> str | None:
+    """Why the model a service describes (its `/model`) is not a version of this workspace's registered model; None
+    when it is."""
+    name, version, run = _model_name(ws), served.get("version"), served.get("run_id")
+    other = "another workspace's service is on this port"
+    if served.get("name") != name:
+        what = f"registered model {served['name']!r}" if served.get("name") else f"the model at {served.get('uri')}"
+        return f"it serves {what}, not this workspace's registered model {name!r}"
+    c = client(ws)
+    if c is None:
+        return f"it serves {name} version {version}, but this workspace has no model registry yet: {other}"
+    try:
+        registered = c.get_model_version(name, version)
+    except Exception:  # MlflowException: no such version here
+        return f"it serves {name} version {version}, which this workspace's registry does not hold: {other}"
+    if registered.run_id != run:
+        return (f"it serves {name} version {version} of run {run}, but this workspace's version {version} comes from "
+                f"run {registered.run_id}: {other}")
+    return None
 
 
 def prediction_volume(ws=None, freq: str | None = None):
@@ -432,10 +475,12 @@ def _model_check(f) -> tuple[str, str]:
 @health_check("service")
 def _service_check(f) -> tuple[str, str]:
     s, c = f["service"], f["champion"]
-    if not s["up"]:
+    if not s["answers"]:
         return RED, f"the prediction service does not answer at {s['url']}"
     if s["model_version"] is None:
         return RED, "the prediction service answers but has no model loaded"
+    if not s["up"]:
+        return RED, f"the service at {s['url']} does not serve this workspace's model: {s['error']}"
     if c is not None and str(s["model_version"]) != c["version"]:
         return AMBER, f"serving version {s['model_version']}, champion is {c['version']} (swap pending?)"
     return GREEN, f"serving version {s['model_version']}, up {s['uptime_s'] or 0:.0f} s"

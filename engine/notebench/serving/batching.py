@@ -8,6 +8,11 @@ It never waits to fill a batch: a lone request is predicted at once, and batches
 Requests carry the model they started with, so a batch that straddles a hot swap is split by version. If a
 batch's call fails, its requests are retried one by one, so a request the model cannot score fails alone.
 
+A request of `max_rows` rows or more would go alone anyway; with a thread-safe model (scikit-learn's) it skips the
+queue and is predicted by one of `large_workers` threads of its own, so that large requests are predicted side by
+side on every core (scikit-learn's tree and linear predictions run outside the GIL) while the worker keeps serving
+small ones: one thread predicting 1,000-row requests one after another was the service's bottleneck.
+
 The worker limits OpenMP/BLAS to `threads` in its own thread (threadpoolctl): on two cores, the default of one
 OpenMP thread per core makes every single-row prediction wait for the other cores' threads.
 """
@@ -20,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,27 +48,34 @@ class _Job:
 class MicroBatcher:
     """A worker thread that predicts queued requests in batches; `await predict(model, batch)` from the loop."""
 
-    def __init__(self, *, max_rows: int = 256, threads: int = 1,
+    def __init__(self, *, max_rows: int = 256, threads: int = 1, large_workers: int = 2,
                  on_batch: Callable[[object, int, int, float], None] | None = None,
                  shadow: Callable[[object, Batch, list], None] | None = None):
-        self.max_rows, self.threads = max_rows, threads  # rows per model call; OpenMP/BLAS threads in the worker
+        self.max_rows, self.threads = max_rows, threads  # rows per model call; OpenMP/BLAS threads per thread
+        self.large_workers = large_workers  # threads for requests of max_rows rows or more; 0: they queue too
         self.on_batch = on_batch  # called (model, requests, rows, seconds) after each model call
         self.shadow = shadow  # called (model, batch, [(meta, rows)]) after the requests are answered
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._large: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> MicroBatcher:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="notebench-batcher", daemon=True)
         self._thread.start()
+        if self.large_workers > 0:
+            self._large = ThreadPoolExecutor(self.large_workers, thread_name_prefix="notebench-large",
+                                             initializer=_limit_threads, initargs=(self.threads,))
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Predict what is queued, then stop the worker."""
+        """Predict what is queued, then stop the workers."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
+        if self._large is not None:
+            self._large.shutdown(wait=True)
 
     @property
     def alive(self) -> bool:
@@ -71,14 +84,18 @@ class MicroBatcher:
     async def predict(self, model, batch: Batch, meta: object = None) -> np.ndarray:
         """The model's output for `batch`, predicted in the worker with whatever else is queued."""
         future = self._loop.create_future()
-        self._queue.put(_Job(model, batch, future, meta))
+        job = _Job(model, batch, future, meta)
+        if self._large is not None and batch.rows >= self.max_rows and getattr(model, "thread_safe", False):
+            self._large.submit(self._predict, [job])
+        else:
+            self._queue.put(job)
         return await future
 
     # ---------------------------------------------------------------------------------------------------------
     # the worker thread
 
     def _run(self) -> None:
-        limiter = _limit_threads(self.threads)  # noqa: F841 - kept alive: the limits hold while it does
+        _limit_threads(self.threads)
         stop = False
         while not stop:
             job = self._queue.get()
@@ -146,10 +163,15 @@ def _resolve(answers: list) -> None:
             future.set_result(result)
 
 
+_LIMITERS = threading.local()
+
+
 def _limit_threads(threads: int):
-    """Limit OpenMP and BLAS pools as seen from the calling thread (None when threadpoolctl is unavailable)."""
+    """Limit OpenMP and BLAS pools as seen from the calling thread for as long as it lives (None when threadpoolctl
+    is unavailable)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return None
-    return threadpool_limits(limits=threads)
+    _LIMITERS.limiter = threadpool_limits(limits=threads)  # kept by the thread: the limits hold while it does
+    return _LIMITERS.limiter

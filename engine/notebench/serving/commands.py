@@ -56,7 +56,8 @@ def add_commands(sub) -> None:
     """Add `serve` and `deploy-check` to the `notebench` subcommands."""
     s = sub.add_parser("serve", help="serve the registry's champion over HTTP, hot-swapping and logging predictions",
                        description="The prediction service: MLflow's /invocations formats, /predict by entity id, "
-                                   "/feedback, /health, /ready, /metrics, /model; OpenAPI docs at /docs.")
+                                   "/feedback, /health, /ready, /metrics, /model, MLflow's /ping and /version; OpenAPI "
+                                   "docs at /docs.")
     add_serve_arguments(s)
     s.set_defaults(func=cmd_serve)
 

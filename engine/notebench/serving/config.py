@@ -28,6 +28,7 @@ class ServingConfig:
     max_buffered_rows: int = 1_000_000  # beyond this (a stuck disk), log rows are dropped and counted
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413
     max_batch_rows: int = 256  # rows the micro-batcher puts in one model call (a larger request goes alone)
+    large_workers: int = 2  # threads predicting requests of max_batch_rows rows or more side by side (0: queued)
     threads: int = 1  # OpenMP/BLAS threads for predictions
     token: str = field(default="", repr=False)  # bearer token required by /feedback and /reload; empty: none
 

@@ -1,145 +1,101 @@
-"""Prometheus metrics, hand-written: counters, gauges read at scrape time, histograms, and the text format.
+"""Prometheus metrics of the prediction service, kept and rendered by prometheus_client.
 
-Enough of the exposition format (version 0.0.4) for Prometheus, Grafana Agent or VictoriaMetrics to scrape
-`/metrics`, without a client library: `# HELP` and `# TYPE` lines, escaped label values, cumulative `_bucket`
-series with `le="+Inf"`, `_sum` and `_count`. Updates take a lock, so the batching and log threads may update
-them too.
+`ServiceMetrics` holds one service's metrics in a `CollectorRegistry` of its own (two services in one process, as in
+tests, never share values): counters and histograms that requests and the batching thread update, and gauges set
+from the service's state (`ServiceMetrics.gauge(..., read)`) before every scrape. `/metrics` renders them in the
+format the scraper asks for: Prometheus text 0.0.4 by default, OpenMetrics when its Accept header says so.
+
+Several worker processes: when `PROMETHEUS_MULTIPROC_DIR` names a folder before prometheus_client is imported,
+prometheus_client keeps every value in memory-mapped files there, one per process, and `exposed()` returns a
+fresh registry whose `MultiProcessCollector` merges them at scrape time: counters and histograms are summed, and
+each gauge merges as its `mode` says (the version served: any live process; readiness: the least ready; log
+counts: summed). A process's gauges are then as fresh as its last `refresh()`, so a multi-worker server refreshes
+them periodically too (`Service` does at every alias check).
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-import threading
+import os
 from collections.abc import Callable, Iterable
 
-__all__ = ["LATENCY_BUCKETS", "Counter", "Gauge", "Histogram", "Registry"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics", "multiprocess_dir"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what a scraper that does not ask for OpenMetrics gets
+
+# `<name>_created` series double the output and are not in the multiprocess mode's; the service process owns this
+disable_created_metrics()
 
 
-def _escape(value) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def multiprocess_dir() -> str | None:
+    """The folder of prometheus_client's multiprocess mode, when it is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
-def _labels(names: tuple[str, ...], values: tuple, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+class _StateGauge:
+    """A gauge whose value is read from the service at refresh time: a number, {label values: number}, or None
+    (unlabelled: 0; labelled: no series)."""
 
+    def __init__(self, gauge: Gauge, read: Callable[[], float | dict | None]):
+        self.gauge, self.read = gauge, read
+        self.shown: set[tuple] = set()  # label values with a series now
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, doc: str, labels: Iterable[str] = ()):
-        self.name, self.doc, self.labelnames = name, doc, tuple(labels)
-        self._lock = threading.Lock()
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name, doc, labels=()):
-        super().__init__(name, doc, labels)
-        self.values: dict[tuple, float] = {}
-
-    def inc(self, *labels, amount: float = 1.0) -> None:
-        with self._lock:
-            self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            items = sorted(self.values.items())
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
-
-
-class Gauge(_Metric):
-    """A value read at scrape time from `read()`: a number, or {label values: number}."""
-
-    kind = "gauge"
-
-    def __init__(self, name, doc, read: Callable[[], float | dict | None], labels=()):
-        super().__init__(name, doc, labels)
-        self.read = read
-
-    def lines(self) -> list[str]:
+    def refresh(self) -> None:
         value = self.read()
-        if value is None:
-            return []
-        items = value.items() if isinstance(value, dict) else [((), value)]
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in items]
+        if not self.gauge._labelnames:
+            self.gauge.set(value or 0)
+            return
+        wanted = {tuple(map(str, k)): v for k, v in (value or {}).items()}
+        for gone in self.shown - set(wanted):
+            self.gauge.labels(*gone).set(0)  # what a multiprocess file keeps; one process just drops it
+            self.gauge.remove(*gone)
+        for labels, number in wanted.items():
+            self.gauge.labels(*labels).set(number)
+        self.shown = set(wanted)
 
 
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets, per label set."""
-
-    kind = "histogram"
-
-    def __init__(self, name, doc, labels=(), buckets=LATENCY_BUCKETS):
-        super().__init__(name, doc, labels)
-        self.buckets = tuple(sorted(buckets))
-        self.values: dict[tuple, list] = {}  # labels -> [counts per bucket (+Inf last), sum]
-
-    def observe(self, value: float, *labels) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            entry = self.values.get(labels)
-            if entry is None:
-                entry = self.values[labels] = [[0] * (len(self.buckets) + 1), 0.0]
-            entry[0][i] += 1
-            entry[1] += value
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            items = sorted((k, (list(v[0]), v[1])) for k, v in self.values.items())
-        out = []
-        for labels, (counts, total) in items:
-            running = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                running += count
-                le = 'le="' + _number(bound) + '"'
-                out.append(f"{self.name}_bucket{_labels(self.labelnames, labels, le)} {running}")
-            out.append(f"{self.name}_sum{_labels(self.labelnames, labels)} {_number(total)}")
-            out.append(f"{self.name}_count{_labels(self.labelnames, labels)} {running}")
-        return out
-
-
-class Registry:
-    """The metrics of one service, rendered in registration order."""
+class ServiceMetrics:
+    """The metrics of one service: a registry, its metrics, and the gauges set from the service's state."""
 
     def __init__(self):
-        self.metrics: list[_Metric] = []
-
-    def add(self, metric: _Metric) -> _Metric:
-        self.metrics.append(metric)
-        return metric
+        self.registry = CollectorRegistry()
+        self._state: list[_StateGauge] = []
 
     def counter(self, name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
-        return self.add(Counter(name, doc, labels))
-
-    def gauge(self, name: str, doc: str, read, labels: Iterable[str] = ()) -> Gauge:
-        return self.add(Gauge(name, doc, read, labels))
+        return Counter(name, doc, labels, registry=self.registry)
 
     def histogram(self, name: str, doc: str, labels: Iterable[str] = (), buckets=LATENCY_BUCKETS) -> Histogram:
-        return self.add(Histogram(name, doc, labels, buckets))
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
-    def render(self) -> str:
-        out = []
-        for metric in self.metrics:
-            lines = metric.lines()
-            if lines or metric.kind != "gauge":
-                out += metric.header() + lines
-        return "\n".join(out) + "\n"
+    def gauge(self, name: str, doc: str, read: Callable[[], float | dict | None], labels: Iterable[str] = (),
+              mode: str = "livemax") -> Gauge:
+        """A gauge set from `read()` at each refresh; `mode`: how processes merge it in multiprocess mode."""
+        gauge = Gauge(name, doc, labels, registry=self.registry, multiprocess_mode=mode)
+        self._state.append(_StateGauge(gauge, read))
+        return gauge
+
+    def refresh(self) -> None:
+        """Set the state gauges from the service now."""
+        for state in self._state:
+            state.refresh()
+
+    def exposed(self) -> CollectorRegistry:
+        """The registry a scrape renders: this service's, or every process's merged in multiprocess mode."""
+        folder = multiprocess_dir()
+        if folder is None:
+            return self.registry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=folder)
+        return merged
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The scrape's body and content type, in the format `accept` (the scraper's Accept header) asks for."""
+        self.refresh()
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.exposed()), content_type

@@ -21,6 +21,7 @@ class ServiceMiddleware:
     def __init__(self, app, service, endpoints: set[str]):
         self.app, self.service = app, service  # the service holds the metrics and the model
         self.endpoints = endpoints  # paths reported as themselves in metrics; anything else is "other"
+        self._series: dict[tuple, tuple] = {}  # (endpoint, method, status) -> its metrics' children (labels() is slow)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -60,10 +61,15 @@ class ServiceMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             seconds = time.perf_counter() - started[0]
-            service.requests.inc(endpoint, scope["method"], status)
-            service.latency.observe(seconds, endpoint)
-            if status >= 400:
-                service.errors.inc(endpoint, status)
+            key = (endpoint, scope["method"], status)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = (service.requests.labels(*key), service.latency.labels(endpoint),
+                                              service.errors.labels(endpoint, status) if status >= 400 else None)
+            series[0].inc()
+            series[1].observe(seconds)
+            if series[2] is not None:
+                series[2].inc()
 
 
 def _content_length(scope) -> int | None:

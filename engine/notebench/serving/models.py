@@ -41,6 +41,7 @@ class LoadedModel:
     tags: dict[str, str]  # the registry version's tags
     schema: InputSchema
     predict_fn: Callable = field(repr=False)  # DataFrame -> array of outputs, one row per input row
+    thread_safe: bool = False  # whether predict_fn may run in several threads at once (a scikit-learn estimator's)
     loaded_at: float = 0.0  # unix time
     load_seconds: float = 0.0
 
@@ -80,16 +81,17 @@ def scores(output: np.ndarray) -> list:
 # loading
 
 
-def _predict_fn(pyfunc_model) -> Callable:
+def _predict_fn(pyfunc_model) -> tuple[Callable, bool]:
     """The raw model's own predict function when it is a scikit-learn model (no pyfunc schema enforcement: the
-    service has checked the input already), else the pyfunc's predict."""
+    service has checked the input already; and scikit-learn's predictions may run in several threads at once), else
+    the pyfunc's predict (not known to be thread-safe); and whether it is the former."""
     flavor = pyfunc_model.metadata.flavors.get("python_function", {})
     if flavor.get("loader_module") == "mlflow.sklearn":
         raw = pyfunc_model.get_raw_model()
         fn = getattr(raw, flavor.get("predict_fn", "predict"), None)
         if fn is not None:
-            return fn
-    return pyfunc_model.predict
+            return fn, True
+    return pyfunc_model.predict, False
 
 
 def _warm_up(model: LoadedModel, pyfunc_model) -> None:
@@ -127,9 +129,10 @@ def load_model(uri: str, *, tracking_uri: str | None = None, name: str | None = 
         schema = InputSchema.from_signature(meta.get_input_schema())
     except ModelLoadError as exc:
         raise ModelLoadError(str(exc), model=name, alias=alias, version=version) from None
+    predict_fn, thread_safe = _predict_fn(pyfunc_model)
     model = LoadedModel(name=name, version=str(version or getattr(meta, "model_id", None) or meta.run_id or uri),
                         alias=alias, uri=uri, run_id=run_id or meta.run_id, tags=dict(tags or {}), schema=schema,
-                        predict_fn=_predict_fn(pyfunc_model), loaded_at=time.time())
+                        predict_fn=predict_fn, thread_safe=thread_safe, loaded_at=time.time())
     _warm_up(model, pyfunc_model)
     object.__setattr__(model, "load_seconds", time.perf_counter() - start)
     return model

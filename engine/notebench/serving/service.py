@@ -18,7 +18,7 @@ import numpy as np
 from notebench.errors import InvalidInputError, NoFeatureRepoError, ServingError, UnknownEntityError
 from notebench.serving.batching import MicroBatcher
 from notebench.serving.config import ServingConfig
-from notebench.serving.metrics import Registry
+from notebench.serving.metrics import BATCH_BUCKETS, ServiceMetrics, multiprocess_dir
 from notebench.serving.models import LoadedModel, ModelHolder, ModelSource
 from notebench.serving.predlog import PredictionLog, log_root
 from notebench.serving.schema import Batch
@@ -26,8 +26,6 @@ from notebench.serving.schema import Batch
 __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 
 def _entity_type_problems(types: dict[str, str], entity_ids: list) -> list[str]:
@@ -58,7 +56,8 @@ class Service:
         self.predlog = PredictionLog(log_root(workspace), flush_interval=config.flush_interval,
                                      flush_rows=config.flush_rows, max_buffered_rows=config.max_buffered_rows
                                      ) if config.log_predictions else None
-        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads, on_batch=self._on_batch,
+        self.batcher = MicroBatcher(max_rows=config.max_batch_rows, threads=config.threads,
+                                    large_workers=config.large_workers, on_batch=self._on_batch,
                                     shadow=self._shadow if config.shadow else None)
         self.started_at = time.time()
         self._check_lock: asyncio.Lock | None = None
@@ -66,7 +65,7 @@ class Service:
         self._repo = None
         self._use_case = None
         self._repo_task: asyncio.Task | None = None
-        self.metrics = Registry()
+        self.metrics = ServiceMetrics()
         self._define_metrics()
 
     # ---------------------------------------------------------------------------------------------------------
@@ -115,6 +114,8 @@ class Service:
             result = await asyncio.to_thread(self.holder.check)
         if result["error"]:
             self.load_failures.inc()
+        if multiprocess_dir() is not None:  # another process may answer the scrape: see notebench.serving.metrics
+            self.metrics.refresh()
         if result.pop("loaded"):
             # MLflow, pandas and a model make ~400k long-lived objects: a full collection that walks them pauses
             # every request for 100s of ms. Frozen, they are never walked again (refcounting still frees them).
@@ -154,7 +155,7 @@ class Service:
 
     def _on_batch(self, model: LoadedModel, requests: int, rows: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
-        self.predicted.inc(model.version, "champion", amount=rows)
+        self.predicted.labels(model.version, "champion").inc(rows)
 
     def _shadow(self, model: LoadedModel, batch: Batch, requests: list) -> None:
         """In the worker thread, after the requests were answered: the shadow model on the same rows, logged."""
@@ -166,11 +167,11 @@ class Service:
             rows = batch if shadow.schema.names == model.schema.names else shadow.schema.from_columns(batch.columns)
             output = shadow.predict(rows)
         except Exception as exc:  # a failing shadow is counted, never seen by clients
-            self.shadow_errors.inc(shadow.version)
+            self.shadow_errors.labels(shadow.version).inc()
             log.debug("shadow version %s failed: %s", shadow.version, exc)
             return
         seconds = time.perf_counter() - start
-        self.predicted.inc(shadow.version, "shadow", amount=batch.rows)
+        self.predicted.labels(shadow.version, "shadow").inc(batch.rows)
         if self.predlog is None:
             return
         at = 0
@@ -250,31 +251,30 @@ class Service:
         self.load_failures = m.counter("notebench_model_check_failures_total",
                                        "Alias checks that could not load the version it names")
 
-        def info():
-            model = self.holder.current
+        def info(model: LoadedModel | None) -> dict | None:
             return {(model.name or "", model.version, model.alias or ""): 1} if model else None
 
-        def shadow_info():
-            model = self.holder.shadow
-            return {(model.name or "", model.version, model.alias or ""): 1} if model else None
-
-        m.gauge("notebench_model_info", "The model version being served", info, ["name", "version", "alias"])
-        m.gauge("notebench_shadow_model_info", "The model version predicting in shadow", shadow_info,
+        holder = self.holder
+        m.gauge("notebench_model_info", "The model version being served", lambda: info(holder.current),
                 ["name", "version", "alias"])
-        m.gauge("notebench_model_loaded_timestamp_seconds", "When the served version was loaded",
-                lambda: self.holder.current and self.holder.current.loaded_at)
-        m.gauge("notebench_model_swaps", "Hot swaps since start", lambda: self.holder.swaps)
-        m.gauge("notebench_model_last_check_timestamp_seconds", "When the alias was last checked",
-                lambda: self.holder.last_check)
-        m.gauge("notebench_ready", "1 when the service is ready", lambda: 0 if self.readiness() else 1)
+        m.gauge("notebench_shadow_model_info", "The model version predicting in shadow", lambda: info(holder.shadow),
+                ["name", "version", "alias"])
+        m.gauge("notebench_model_loaded_timestamp_seconds", "When the served version was loaded (0: none is)",
+                lambda: holder.current and holder.current.loaded_at, mode="livemostrecent")
+        m.gauge("notebench_model_swaps", "Hot swaps since start", lambda: holder.swaps, mode="livesum")
+        m.gauge("notebench_model_last_check_timestamp_seconds", "When the alias was last checked (0: not yet)",
+                lambda: holder.last_check)
+        m.gauge("notebench_ready", "1 when the service is ready", lambda: 0 if self.readiness() else 1, mode="livemin")
         if self.predlog is not None:
             p = self.predlog
             m.gauge("notebench_prediction_log_rows_written", "Prediction rows written to the log",
-                    lambda: p.rows_written)
+                    lambda: p.rows_written, mode="sum")
             m.gauge("notebench_prediction_log_rows_buffered", "Prediction rows waiting for the next flush",
-                    lambda: p.buffered_rows)
+                    lambda: p.buffered_rows, mode="livesum")
             m.gauge("notebench_prediction_log_rows_dropped", "Prediction rows dropped (buffer full)",
-                    lambda: p.rows_dropped)
-            m.gauge("notebench_prediction_log_segments_written", "Segments written", lambda: p.segments_written)
-            m.gauge("notebench_prediction_log_write_errors", "Failed segment writes", lambda: p.write_errors)
-            m.gauge("notebench_feedback_written", "Feedback items written", lambda: p.feedback_written)
+                    lambda: p.rows_dropped, mode="sum")
+            m.gauge("notebench_prediction_log_segments_written", "Segments written", lambda: p.segments_written,
+                    mode="sum")
+            m.gauge("notebench_prediction_log_write_errors", "Failed segment writes", lambda: p.write_errors,
+                    mode="sum")
+            m.gauge("notebench_feedback_written", "Feedback items written", lambda: p.feedback_written, mode="sum")
