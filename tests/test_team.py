@@ -92,3 +92,26 @@ def test_a_team_worker_killed_mid_step_hands_the_step_to_the_other_worker(team, 
     assert step["state"] == "done" and [w["pid"] for w in step["workers"]][0] == claim["pid"], step
     assert len(step["workers"]) == 2 and step["workers"][1]["pid"] != claim["pid"]
     assert (ws / "pipelines/kw/products/s/out.txt").read_text() == "done"
+
+
+def test_a_runner_killed_mid_step_leaves_no_kernel_busy_on_a_worker(team, tmp_path):
+    flag = tmp_path / "kernel.pid"
+    spec = make_pipeline(tmp_path / "orphan", {"s": {"body": (
+        f"import os, pathlib, time\npathlib.Path({str(flag)!r}).write_text(str(os.getpid()))\ntime.sleep(600)")}})
+    runner = subprocess.Popen([str(BIN / "notebench"), "run", str(spec), "--no-lineage"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 180
+    while time.time() < deadline and not flag.exists():
+        time.sleep(0.2)
+    kernel = int(flag.read_text())
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + 60  # the worker notices within a second that nobody waits for the step any more
+    while time.time() < deadline and Path(f"/proc/{kernel}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{kernel}").exists(), "the orphaned step's kernel is still running on its worker"
+    from notebench.pipeline.store import RunRecord
+
+    ws = Path(team["NOTEBENCH_WORKSPACE_PATH"])
+    record = RunRecord.load(next(ws.glob("pipelines/orphan/runs/*/run.json")))
+    assert record["state"] != "running"  # its runner is gone: never left "running"

@@ -21,6 +21,8 @@ with a free `trial`). Workers without them run a step per thread.
 A worker killed mid-step (kill -9, a lost node): the scheduler gives the step to another worker (the run record
 lists each worker a step ran on); once a step's workers died `distributed.scheduler.allowed-failures` times, the
 step fails with "its worker died", the run ends failed, and the partly executed notebook stays in the run's folder.
+A runner that dies (or stops) mid-step: the scheduler drops its tasks, and the worker kills the step's kernel within
+a second, so no orphan keeps a worker busy; the step's products never became valid (only the runner commits).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from notebench.errors import NotebenchError
 from notebench.pipeline.executors import Executor, JobResult, StepJob, run_job
 
 __all__ = ["STEP", "TRIAL", "DaskExecutor", "connect", "offering", "redact", "run_on_worker"]
+
+log = logging.getLogger(__name__)
 
 STEP, TRIAL = "step", "trial"  # worker resources: one step and one trial at a time per worker
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -184,10 +188,33 @@ def run_on_worker(job: dict) -> dict:
     """Run one step job on this Dask worker; the JobResult as a dict."""
     from distributed import get_worker
 
+    from notebench.pipeline.kernels import forget_kernels
+
     job = StepJob.from_dict(job)
-    address = get_worker().address
+    worker = get_worker()
+    done = threading.Event()
+    threading.Thread(target=_kill_when_abandoned, args=(worker, job.key, done), daemon=True).start()
     try:
-        result = run_job(job, _pool(job.warm_imports, job.env.get("PYTHONPATH", "")), worker=address)
+        result = run_job(job, _pool(job.warm_imports, job.env.get("PYTHONPATH", "")), worker=worker.address)
     except Exception as exc:  # a fault of the worker's, not the step's: reported as the step's failure
-        result = JobResult(False, "crashed", f"{type(exc).__name__}: {exc}", worker=address)
+        result = JobResult(False, "crashed", f"{type(exc).__name__}: {exc}", worker=worker.address)
+    finally:
+        done.set()
+        forget_kernels(job.key)
     return asdict(result)
+
+
+_ABANDONED = {"cancelled", "released", "forgotten"}  # a task's states on a worker once no client wants its result
+
+
+def _kill_when_abandoned(worker, key: str, done: threading.Event, every: float = 1.0) -> None:
+    """Kill the step's kernel once nobody waits for it (its runner died, or stopped the run): the worker is free
+    for the next step instead of running an orphan to its timeout."""
+    from notebench.pipeline.kernels import kill_kernels
+
+    while not done.wait(every):
+        task = worker.state.tasks.get(key)
+        if task is None or task.state in _ABANDONED:
+            if kill_kernels(key):
+                log.warning("step %s: its runner is gone; its kernel was killed", key)
+            return

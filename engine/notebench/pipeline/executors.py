@@ -149,7 +149,9 @@ def run_job(job: StepJob, pool, worker: str = "local") -> JobResult:
     shutil.rmtree(staging, ignore_errors=True)  # a retried job starts from an empty folder
     staging.mkdir(parents=True)
     import_papermill()
-    result = _execute(job, pool.papermill_kwargs(cwd=job.cwd, env=job.env))
+    from notebench.pipeline.kernels import JOB_VARIABLE
+
+    result = _execute(job, pool.papermill_kwargs(cwd=job.cwd, env={**job.env, JOB_VARIABLE: job.key}))
     result.worker, result.seconds = worker, time.time() - started
     result.kernel = "warm" if pool.mode == "fork" else f"plain ({pool.mode.removeprefix('fallback: ')})"
     if result.ok:

@@ -1,10 +1,11 @@
 """The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
 
-`run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the kernel pool and
-the lineage sidecar → run ready steps on the executor → commit each step's products atomically → stop at the
-first failure, keeping its executed notebook → record the run. A step is skipped when its products exist
-and its fingerprint (code, modules, parameters, the settings it reads, upstream products) is unchanged, so a run
-after a failure resumes where the last one stopped.
+`run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the lineage sidecar and,
+if a step will run, the executor (`[pipeline] executor`: warm kernels here, or a Dask cluster) → hand each ready
+step to it as a job (plain data: `StepJob`) and wait through its `wait` → retry a failed job or commit the step's
+products atomically → stop at the first failure, keeping its executed notebook → record the run. A step is skipped
+when its products exist and its fingerprint (code, modules, parameters, the settings it reads, upstream products)
+is unchanged, so a run after a failure resumes where the last one stopped.
 """
 
 from __future__ import annotations
