@@ -367,9 +367,13 @@ def test_operations_endpoints(world, app_client):
     for line in ('notebench_requests_total{endpoint="/invocations",method="POST",status="200"}',
                  'notebench_request_errors_total{endpoint="/invocations",status="422"}',
                  'notebench_request_duration_seconds_bucket{endpoint="/invocations",le="+Inf"}',
-                 f'notebench_model_info{{name="{world.name}",version="1",alias="champion"}} 1',
                  'notebench_predicted_rows_total{model_version="2",role="shadow"}'):
         assert line in text, line
+    from prometheus_client.parser import text_string_to_metric_families
+
+    info = {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "notebench_model_info"}
+    assert info[(("alias", "champion"), ("name", world.name), ("version", "1"))] == 1, info
     assert app_client.get("/docs").status_code == 200 and "/invocations" in app_client.get("/openapi.json").json()[
         "paths"]
 

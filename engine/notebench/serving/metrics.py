@@ -32,14 +32,17 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what a scraper that does not ask for 
 disable_created_metrics()
 
 
-# read once, when the service's process imports this module: Feast sets PROMETHEUS_MULTIPROC_DIR in os.environ for
-# its own metrics when it is imported (later, by the feature store), which must not turn this service's on
-_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
-
-
 def multiprocess_dir() -> str | None:
-    """The folder of prometheus_client's multiprocess mode, when the process was started with it on."""
-    return _MULTIPROC_DIR
+    """The folder of prometheus_client's multiprocess mode, when this process's metric values live in it.
+
+    prometheus_client decides where values live when it is first imported (files, if PROMETHEUS_MULTIPROC_DIR was
+    set then; memory otherwise). Feast sets that variable for its own metrics when it is imported, possibly later:
+    a scrape then must still render this process's in-memory registry, not an empty (or Feast's) folder."""
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
 
 
 def forget_process(pid: int) -> None:
