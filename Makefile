@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.notebench-installed
 export UV_PYTHON_DOWNLOADS := never
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: help install demo test check unit chromium smoke build deploy clean
+.PHONY: help install demo test check unit chromium smoke build deploy clean team-up team-down team-demo team-test
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,19 @@ deploy: $(STAMP)  ## ci/deploy: the release ci/build made into ENV (make deploy 
 	PATH="$(CURDIR)/$(BIN):$$PATH" ci/deploy $(ENV) $(ARGS)
 
 test: check unit smoke build bench-quick  ## everything CI runs: check, unit tests, smoke, build, benchmarks --quick
+
+team-up: $(STAMP)  ## ci/team-up: PostgreSQL, mlflow server, Dask scheduler + 2 workers; profile in .team/team.env
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/team-up
+
+team-down:  ## ci/team-down: stop exactly what team-up started, remove its state
+	PATH="$(CURDIR)/$(BIN):$$PATH" ci/team-down
+
+team-demo: team-up  ## the whole demo loop in team mode: steps and trials on Dask workers, state in PostgreSQL
+	set -a && source .team/team.env && set +a && $(BIN)/notebench demo
+
+team-test: team-up  ## the team-mode tests (pytest -m team) against the team stack, then team-down
+	PATH="$(CURDIR)/$(BIN):$$PATH" NOTEBENCH_TEAM_PROFILE=$(CURDIR)/.team/team.env $(BIN)/python -m pytest -m team tests/test_team.py; \
+	  rc=$$?; PATH="$(CURDIR)/$(BIN):$$PATH" ci/team-down; exit $$rc
 
 clean:  ## remove the venv and the workspace (all runtime state)
 	rm -rf $(VENV) .tools .notebench dist build

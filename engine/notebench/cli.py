@@ -260,9 +260,15 @@ def cmd_show(args) -> int:
           f"{' (dirty)' if rec['git']['dirty'] == 'true' else ''}; MLflow run {mlflow_ids.get('pipeline', '-')}")
     if rec.get("env"):
         print(f"  in environment {rec['env']}, bundle {rec['bundle'][:12]}  (see `notebench environments`)")
+    if rec.get("executor"):
+        print(f"  steps ran on: {rec['executor']}")
     for name, state, duration, note in summary_rows(rec):
         step = rec["steps"][name]
         print(f"\n  {name}: {state} {duration}  {note}")
+        for where in step.get("workers", []) if step.get("worker", "local") != "local" else []:
+            print(f"    worker {where['worker']} (host {where['host']}, pid {where['pid']})")
+        if step.get("kernel") and step.get("worker", "local") != "local":
+            print(f"    kernel: {step['kernel']}")
         if step.get("notebook"):
             print(f"    notebook: {step['notebook']}")
         for product, path in (step.get("products") or {}).items():
@@ -518,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--env", help="run the pipeline version deployed in this environment (see `notebench environments`)")
     r.add_argument("--trigger", default="manual", help="what started this run, recorded in lineage (default: manual)")
     r.add_argument("--wait", action="store_true", help="wait for a run in progress instead of refusing")
-    r.add_argument("--executor", default="local", help="step executor (default: local)")
+    r.add_argument("--executor", help="where steps run: local, dask, or one a package registers (default: "
+                                      "[pipeline] executor)")
     r.add_argument("--no-lineage", action="store_true", help="do not record the run in MLflow")
     r.add_argument("--no-check", action="store_true",
                    help="skip `notebench check` (by default a run whose steps read landed data runs it first)")

@@ -50,8 +50,34 @@ def _products(ws: Workspace, step: str) -> Path:
     return ws.root / "pipelines" / "training" / "products" / step
 
 
+def _where(ws: Workspace) -> None:
+    """In team mode (steps not on the local executor), say where steps, trials and state are."""
+    from notebench.pipeline.dask_executor import redact
+    from notebench.settings import SCHEMA
+
+    value = ws.settings.value
+    executor = value("pipeline", "executor")
+    if executor == "local":
+        return
+    scheduler = redact(value("dask", "scheduler"))
+    where = f"Dask workers of {scheduler}" if executor == "dask" else f"the {executor} executor"
+    trials = value("training", "trial_workers")
+    _say(f"Team mode: pipeline steps on {where}; tuning trials "
+         f"{f'on {trials} Dask workers' if trials > 1 else 'in the train step'}")
+    stores = {"MLflow tracking": ws.tracking_uri}
+    for section, key, what in (("state", "uri", "engine state"), ("training", "study_storage", "Optuna studies"),
+                               ("features", "registry", "Feast registry")):
+        if key in SCHEMA.get(section, {}) and value(section, key):
+            stores[what] = value(section, key)
+    _say("   " + "; ".join(f"{what}: {redact(uri)}" for what, uri in stores.items()))
+    _say(f"   shared workspace (products, executed notebooks): {ws.root}\n")
+
+
 def _verdict(ws: Workspace) -> dict:
     """Print the blessing and what the registry did with the model; return the registration."""
+    model = json.loads((_products(ws, "train") / "model.json").read_text())
+    if model.get("trials_on"):
+        _say(f"   tuning: {model['trials']} trials on {model['trials_on']}")
     reg = json.loads((_products(ws, "register") / "registration.json").read_text())
     blessing = json.loads((_products(ws, "validate_model") / "blessing.json").read_text())
     _say(f"   model version {reg.get('version')}: {'BLESSED' if blessing['blessed'] else 'NOT blessed'}")
@@ -178,6 +204,7 @@ def run_demo(ws: Workspace, days: int = 30, more_days: int = 8, size: int | None
     uc = load_use_case(ws.settings)
 
     started = time.monotonic()
+    _where(ws)
     # every training run of the demo, the triggered one included, tunes with `trials` trials
     os.environ["NOTEBENCH_TRAINING_N_TRIALS"] = str(trials)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

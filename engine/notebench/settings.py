@@ -151,6 +151,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "retries": _k("int", "0", "extra attempts for a failed step", minimum=0),
         "warm_imports": _k("list", "pandas, numpy, sklearn.ensemble, mlflow",
                             "modules imported before a step starts"),
+        "executor": _k("str", "local", "where steps run: local (threads + warm kernels here), dask, or an executor "
+                       "a package registers (entry points notebench.executors)"),
+    },
+    "dask": {
+        "scheduler": _k("str", "local", "the Dask scheduler: local (a cluster of worker processes on this machine, "
+                        "for the run) or its address, tcp://host:8786"),
+        "workers": _k("int", "2", "worker processes of a local cluster", minimum=1),
+        "connect_timeout": _k("float", "10", "seconds to reach the scheduler before giving up, naming it",
+                              minimum=1),
     },
     "training": {
         "seed": _k("int", "42", "random seed for splits, models and the tuner"),
@@ -161,6 +170,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                               "marked failed; 0: no heartbeat", minimum=0),
         "n_trials": _k("int", "20", "tuning trials per training run", minimum=1),
         "tuning_timeout": _k("int", "600", "seconds the tuner may spend", minimum=1),
+        "trial_workers": _k("int", "1", "trials at once, each a Dask task on [dask] scheduler's workers; 1: in the "
+                            "train step's kernel, reproducible", minimum=1),
     },
     "gates": {
         "metric_threshold": _k("float or empty", "", "the primary metric's absolute threshold on the holdout (a "

@@ -43,6 +43,7 @@ to plain papermill with the `notebench` kernelspec (`python3` if there is none) 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import logging
@@ -60,7 +61,7 @@ from pathlib import Path
 
 from notebench.errors import KernelError
 
-__all__ = ["KernelPool"]
+__all__ = ["JOB_VARIABLE", "KernelPool", "forget_kernels", "kill_kernels"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,28 @@ _KERNEL_IMPORTS = (  # what IPKernelApp imports when it starts (measured), so th
     "sqlite3", "psutil", "faulthandler", "tornado.platform.asyncio")
 _SOCKET_MAX = 100  # bytes; AF_UNIX paths longer than ~107 bytes cannot be bound
 _PR_SET_NAME, _PR_SET_PDEATHSIG = 15, 1  # prctl(2) options
+JOB_VARIABLE = "NOTEBENCH_JOB"  # in a kernel's environment: the job it runs, so that `kill_kernels` can find it
+_JOBS: dict[str, list] = {}  # job -> its kernels' processes (a Popen, or a _ServedKernel) in this process
+_JOBS_LOCK = threading.Lock()
+_CLASSES = 64  # kernel manager classes a pool keeps (one per environment)
+
+
+def kill_kernels(job: str) -> int:
+    """SIGKILL the kernels this process started for `job` (a job nobody waits for any more); how many."""
+    with _JOBS_LOCK:
+        processes = list(_JOBS.get(job, ()))
+    killed = 0
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            killed += 1
+    return killed
+
+
+def forget_kernels(job: str) -> None:
+    """Stop tracking the kernels of a finished `job`."""
+    with _JOBS_LOCK:
+        _JOBS.pop(job, None)
 
 
 # -- wire protocol: one JSON object per line over a Unix stream socket ----------------------------------------------
@@ -509,7 +532,7 @@ class KernelPool:
         self._closed = False
         self._dirs: list[Path] = []  # private folders this pool created; removed by close() or the server's exit
         self._socket = self._log = None
-        self._classes: dict = {}
+        self._classes: collections.OrderedDict = collections.OrderedDict()  # the last _CLASSES manager classes
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -646,9 +669,13 @@ class KernelPool:
 
     def _manager_class(self, server: str | None, env: tuple) -> type:
         """The kernel manager class for `server` (None: plain kernels) and `env`, made once per pair."""
-        if (server, env) not in self._classes:
-            self._classes[server, env] = _kernel_manager_class(server, dict(env))
-        return self._classes[server, env]
+        with self._lock:
+            if (server, env) not in self._classes:
+                self._classes[server, env] = _kernel_manager_class(server, dict(env))
+                while len(self._classes) > _CLASSES:  # each job's environment names it: a long-lived pool forgets
+                    self._classes.popitem(last=False)
+            self._classes.move_to_end((server, env))
+            return self._classes[server, env]
 
 
 def _stop(server: subprocess.Popen, grace: float = 10.0) -> None:
@@ -722,7 +749,12 @@ def _kernel_manager_class(server: str | None, env: dict[str, str]) -> type:
                 self.provisioner = ForkProvisioner(kernel_id=self.kernel_id, kernel_spec=spec, parent=self)
             if env:
                 kw["env"] = {**kw.get("env", os.environ), **env}
-            return await super().start_kernel(**kw)
+            started = await super().start_kernel(**kw)
+            job = env.get(JOB_VARIABLE)
+            if job and self.provisioner is not None and self.provisioner.process is not None:
+                with _JOBS_LOCK:
+                    _JOBS.setdefault(job, []).append(self.provisioner.process)
+            return started
 
     return PoolKernelManager
 

@@ -65,6 +65,8 @@ class TerminalProgress(Progress):
             extra = "  cached"
         if s == "failed":
             extra += f"  {state.get('error', '')}"
+        if state.get("worker", "local") != "local" and s in {"running", "done", "failed"}:  # a step on another worker
+            extra += f"  on {state['worker']}" + (f" ({state['kernel']} kernel)" if state.get("kernel") else "")
         self._say(f"[{time.time() - self._t0:6.1f}s] {SYMBOLS.get(s, '?')} {step:<16} {s}{extra}")
 
     def end(self, record):

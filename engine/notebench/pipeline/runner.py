@@ -1,26 +1,25 @@
 """The pipeline runner: plan which steps must run, run them through papermill in parallel, record everything.
 
-`run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the kernel pool and
-the lineage sidecar → run ready steps on the executor → commit each step's products atomically → stop at the
-first failure, keeping its executed notebook → record the run. A step is skipped when its products exist
-and its fingerprint (code, modules, parameters, the settings it reads, upstream products) is unchanged, so a run
-after a failure resumes where the last one stopped.
+`run_pipeline` reads as its steps: check the spec → take the lock → plan (cache) → start the lineage sidecar and,
+if a step will run, the executor (`[pipeline] executor`: warm kernels here, or a Dask cluster) → hand each ready
+step to it as a job (plain data: `StepJob`) and wait through its `wait` → retry a failed job or commit the step's
+products atomically → stop at the first failure, keeping its executed notebook → record the run. A step is skipped
+when its products exist and its fingerprint (code, modules, parameters, the settings it reads, upstream products)
+is unchanged, so a run after a failure resumes where the last one stopped.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from notebench import __version__
 from notebench.errors import NotebenchError, StepFailed
-from notebench.imports import defer_iri_grammar
 from notebench.pipeline.cache import Fingerprint, path_digest, setting_values
-from notebench.pipeline.executors import get_executor, wait_any
+from notebench.pipeline.executors import JobResult, StepJob, get_executor, read_claim
 from notebench.pipeline.lineage import LineageClient, now_ms, published_id
 from notebench.pipeline.notebooks import read_notebook
 from notebench.pipeline.progress import Progress, TerminalProgress
@@ -44,7 +43,7 @@ class RunOptions:
     parameters: dict = field(default_factory=dict)  # overrides of pipeline and step parameters
     trigger: str = "manual"  # what started the run: manual, schedule, drift, ...
     wait: bool = False  # queue behind a run in progress instead of refusing
-    executor: str = "local"  # a registered executor
+    executor: str | None = None  # where steps run: local, dask or another installed one; None: [pipeline] executor
     lineage: bool = True  # record the run in MLflow
     wait_lineage: bool = False  # return only when MLflow has the whole record (else it is finished in background)
     env: str | None = None  # run the version deployed in this environment, with its own state (see environments)
@@ -180,7 +179,7 @@ class _Run:
         self.store = PipelineStore(ws.root, spec.name, env=opts.env)
         self.run_id = new_run_id()
         self.run_dir = self.store.run_dir(self.run_id)
-        self.pool = None
+        self.executor = None
         self.lineage: LineageClient | None = None
         self.cfg = ws.settings["pipeline"]
 
@@ -189,19 +188,20 @@ class _Run:
         selected, forced = _selection(self.spec, self.opts)
         self._check_only_inputs()
         self.store.clean_staging()
+        self.executor = get_executor(self.opts.executor or self.cfg["executor"], self.ws.settings)
         self.record = RunRecord.create(
             self.run_dir / "run.json", run_id=self.run_id, pipeline=self.spec.name, state="running",
             pid=os.getpid(), started=time.time(), trigger=self.opts.trigger, user=getpass.getuser(),
             parameters=self.opts.parameters, spec=str(self.spec.file), spec_digest=self.spec.digest,
             git=self._git(), version=__version__, env=self.opts.env,
-            bundle=self.release.hash if self.release else None,
+            bundle=self.release.hash if self.release else None, executor=self.executor.name,
             steps={n: {"state": "pending"} for n in selected})
         self._start_lineage()
-        if any(p.action != "cached" for p in explain(self.spec, self.ws, self.opts)):
-            self.pool = _start_pool(self.cfg["warm_imports"], self.ws.root, self.cfg["parallelism"])
-            threading.Thread(target=_import_papermill, daemon=True).start()
         self.progress.start(self.spec, self.run_id, selected)
         try:
+            if any(p.action != "cached" for p in explain(self.spec, self.ws, self.opts)):
+                self.executor.start()  # warm kernels, a cluster: only when some step will run
+                self.record.update(executor=self.executor.describe())
             failure = self._schedule(selected, forced)
         except BaseException as exc:  # a signal (KeyboardInterrupt) or a bug mid-run: never leave it "running"
             self._finish(None, unexpected=exc)
@@ -212,83 +212,120 @@ class _Run:
         return self.record
 
     def _schedule(self, selected: list[str], forced: set[str]) -> StepFailed | None:
-        executor = get_executor(self.opts.executor, self.cfg["parallelism"])
-        running: dict = {}
+        """Submit each step whose upstream finished, settle each result (commit, retry, fail), until none is left."""
+        running: dict = {}  # executor's handle -> (step, job, fingerprint)
         finished: set[str] = set()
         failure = None
         try:
             while True:
                 if failure is None:
-                    for name in selected:
-                        step = self.spec.steps[name]
-                        ups = [u for u in step.upstream if u in selected]
-                        if self.record["steps"][name]["state"] == "pending" and all(u in finished for u in ups):
-                            self._set(name, state="queued")
-                            running[executor.submit(self._step, step, name in forced)] = name
+                    self._start_ready(selected, forced, finished, running)
                 if not running:
                     break
-                for future in wait_any(running):
-                    name = running.pop(future)
+                results = self.executor.wait(list(running), timeout=_POLL)
+                self._note_claims(running.values())
+                for handle, result in results.items():
+                    step, job, fp = running.pop(handle)
                     try:
-                        future.result()
-                        finished.add(name)
+                        retry = self._settle(step, job, fp, result)
                     except StepFailed as exc:
                         failure = failure or exc
+                        continue
+                    if retry is None:
+                        finished.add(step.name)
+                    else:
+                        running[self.executor.submit(retry)] = (step, retry, fp)
         finally:
-            executor.shutdown()
+            self.executor.shutdown()
         return failure
 
-    def _step(self, step: StepSpec, forced: bool) -> None:
-        started = time.time()
-        fp = _fingerprint(self.spec, step, self.store, self.ws, self.opts)
-        reasons = ["forced"] if forced else _cache_reasons(step, fp, self.store)
-        if not reasons:
-            return self._cached(step, fp, started)
-        self._set(step.name, state="running", started=started, reasons=reasons, cached=False)
-        self._send_start(step, fp, started)
-        attempts = 1 + (step.retries if step.retries is not None else self.cfg["retries"])
-        for attempt in range(1, attempts + 1):
-            try:
-                self._run_notebook(step, fp, attempt)
-                return None
-            except StepFailed as exc:
-                if attempt == attempts:
-                    self._set(step.name, state="failed", ended=time.time(), error=str(exc).splitlines()[0],
-                              duration=time.time() - started, attempts=attempt)
-                    self._send_end(step, "FAILED", started, error=str(exc))
-                    raise
-                self._set(step.name, state="retrying", attempts=attempt)
-        return None
+    def _start_ready(self, selected: list[str], forced: set[str], finished: set[str], running: dict) -> None:
+        """Start every pending step whose upstream steps finished: cached ones at once, the others on the executor."""
+        progressed = True
+        while progressed:  # a cached step finishes at once, which may make its downstream ready
+            progressed = False
+            for name in selected:
+                step = self.spec.steps[name]
+                ups = [u for u in step.upstream if u in selected]
+                if self.record["steps"][name]["state"] != "pending" or not all(u in finished for u in ups):
+                    continue
+                progressed = True
+                started = time.time()
+                fp = _fingerprint(self.spec, step, self.store, self.ws, self.opts)
+                reasons = ["forced"] if name in forced else _cache_reasons(step, fp, self.store)
+                if not reasons:
+                    self._cached(step, fp, started)
+                    finished.add(name)
+                    continue
+                self._set(name, state="queued", queued=started, reasons=reasons, cached=False)
+                self._send_start(step, fp, started)
+                job = self._job(step, attempt=1)
+                running[self.executor.submit(job)] = (step, job, fp)
 
-    def _run_notebook(self, step: StepSpec, fp: Fingerprint, attempt: int) -> None:
-        staging = self.store.staging(step.name, self.run_id)
+    def _job(self, step: StepSpec, attempt: int) -> StepJob:
+        """The step as plain data for the executor: notebook, parameters, kernel, paths, environment."""
+        staging = self.store.products_root / ".staging" / f"{step.name}-{self.run_id}"
         products = {p: str(staging / f) for p, f in step.products.items()}
-        notebook = self.run_dir / f"{step.name}.ipynb"
         records = self.run_dir / f"{step.name}.records.json"
         params = self.spec.step_parameters(step, self.opts.parameters)
         injected = {"products": products, "context": self._context(step, records),
                     "upstream": {u: {p: str(self.store.product_dir(u) / f)
                                      for p, f in self.spec.steps[u].products.items()} for u in step.upstream}}
         params.update({k: v for k, v in injected.items() if k in step.declared and k in INJECTED})
-        timeout = step.timeout or self.cfg["timeout"]
-        _import_papermill()  # waits for the warm-up import if it is still running
-        _papermill(step, notebook, params, timeout, self._kernel_kwargs(step), self._resume_hint(step))
-        missing = [p for p, path in products.items() if not Path(path).exists()]
-        if missing:
-            raise StepFailed(step.name, f"did not write its declared product(s) {', '.join(missing)} "
-                                        f"(to {', '.join(products[p] for p in missing)})",
-                             notebook=notebook, resume=self._resume_hint(step))
-        digests = {p: path_digest(Path(path)) for p, path in products.items()}
+        return StepJob(pipeline=self.spec.name, step=step.name, run_id=self.run_id, attempt=attempt,
+                       notebook=str(step.notebook), output=str(self.run_dir / f"{step.name}.ipynb"), parameters=params,
+                       staging=str(staging), products=products, cwd=str(step.notebook.parent),
+                       claim=str(self.run_dir / "workers" / f"{step.name}.json"), env=self._kernel_env(),
+                       timeout=step.timeout or self.cfg["timeout"], warm_imports=list(self.cfg["warm_imports"]))
+
+    def _note_claims(self, jobs) -> None:
+        """Mark started jobs "running", with where they run (a job moved to another worker adds one)."""
+        for step, job, _ in jobs:
+            claim = read_claim(job)
+            state = self.record["steps"][step.name]
+            if claim is None or claim.get("attempt") != job.attempt:
+                continue
+            where = {k: claim[k] for k in ("worker", "host", "pid")}
+            history = state.get("workers", [])
+            if state["state"] in {"queued", "retrying"} or (history and history[-1] != where):
+                self._set(step.name, state="running", started=state.get("started") or claim["started"],
+                          attempts=job.attempt, worker=claim["worker"],
+                          workers=[*history, where] if not history or history[-1] != where else history)
+
+    def _settle(self, step: StepSpec, job: StepJob, fp: Fingerprint, result: JobResult) -> StepJob | None:
+        """Commit a finished job's products; a failed one is retried (the next job returned) or raises StepFailed."""
+        self._note_claims([(step, job, fp)])
+        state = self.record["steps"][step.name]
+        started = state.get("started") or state["queued"]
+        if result.ok:
+            return self._commit(step, job, fp, result, started)
+        attempts = 1 + (step.retries if step.retries is not None else self.cfg["retries"])
+        if job.attempt < attempts:
+            self._set(step.name, state="retrying", attempts=job.attempt, error=result.error)
+            return self._job(step, job.attempt + 1)
+        ended = time.time()
+        self._set(step.name, state="failed", ended=ended, error=result.error.splitlines()[0] if result.error else "",
+                  duration=ended - started, attempts=job.attempt, worker=result.worker, kernel=result.kernel)
+        exc = StepFailed(step.name, result.error, notebook=Path(job.output), cell=result.cell,
+                         resume=self._resume_hint(step))
+        self._send_end(step, "FAILED", started, error=str(exc))
+        raise exc
+
+    def _commit(self, step: StepSpec, job: StepJob, fp: Fingerprint, result: JobResult, started: float) -> None:
+        """Make the job's staged products current (one rename), record the step done, send its lineage."""
+        digests = {p: path_digest(Path(path)) for p, path in job.products.items()}
         # no MLflow run id here: asking the sidecar would make the step wait for MLflow (a cached step finds the id
         # the sidecar published in the producing run's folder)
         manifest = {"fingerprint": fp.to_dict(), "products": digests, "run_id": self.run_id, "produced": time.time()}
-        final = self.store.commit(step.name, staging, manifest)
+        final = self.store.commit(step.name, Path(job.staging), manifest)
         ended = time.time()
-        started = self.record["steps"][step.name]["started"]
-        self._set(step.name, state="done", ended=ended, duration=ended - started, attempts=attempt,
-                  notebook=str(notebook), products={p: str(final / f) for p, f in step.products.items()})
-        self._send_end(step, "FINISHED", started, notebook=notebook, records=records,
+        notebook = Path(job.output)
+        self._set(step.name, state="done", ended=ended, duration=ended - started, attempts=job.attempt,
+                  notebook=str(notebook), products={p: str(final / f) for p, f in step.products.items()},
+                  worker=result.worker, kernel=result.kernel)
+        self._send_end(step, "FINISHED", started, notebook=notebook, records=self.run_dir / f"{step.name}.records.json",
                        products={p: {"path": str(final / step.products[p]), "sha256": d} for p, d in digests.items()})
+        return None
 
     def _cached(self, step: StepSpec, fp: Fingerprint, started: float) -> None:
         manifest = self.store.manifest(step.name) or {}
@@ -314,8 +351,6 @@ class _Run:
                                "metrics": {"duration_s": self.record["ended"] - self.record["started"],
                                            "steps_cached": cached}})
             self.lineage.close(wait=self.opts.wait_lineage)
-        if self.pool:
-            self.pool.close()
         self.progress.end(self.record)
 
     # helpers ----------------------------------------------------------------------------------------
@@ -329,7 +364,8 @@ class _Run:
     def _kernel_env(self) -> dict[str, str]:
         """A step kernel's variables: MLflow's, and the run's settings file (a pipeline folder outside the project
         would find none, or another one, from its own working directory; `step.use_case` reads it)."""
-        env = {**self.ws.mlflow_env(), "NOTEBENCH_SETTINGS": str(self.ws.settings.file)}
+        env = {**_forwarded(os.environ), **self.ws.mlflow_env(), "NOTEBENCH_SETTINGS": str(self.ws.settings.file),
+               **self.executor.env()}
         if self.release:
             from notebench.release.environments import run_variables
 
@@ -359,12 +395,6 @@ class _Run:
     def _resume_hint(self, step: StepSpec) -> str:
         env = f" --env {self.opts.env}" if self.opts.env else ""
         return f"notebench run {self.spec.name}{env}   (finished steps are cached; it resumes at '{step.name}')"
-
-    def _kernel_kwargs(self, step: StepSpec) -> dict:
-        """Where the step's kernel comes from, and its working directory (the notebook's folder)."""
-        if self.pool:  # MLflow's defaults in the kernel (and its subprocesses) point at this workspace
-            return self.pool.papermill_kwargs(cwd=step.notebook.parent, env=self._kernel_env())
-        return {"kernel_name": "notebench", "resources": {"metadata": {"path": str(step.notebook.parent)}}}
 
     def _start_lineage(self) -> None:
         if not self.opts.lineage:
@@ -428,45 +458,15 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-_IMPORTS = threading.Lock()  # papermill and jupyter_client imported by two threads at once can deadlock importlib
+_POLL = 1.0  # seconds between looks at started jobs' claims while waiting for results
+# what of the runner's environment shapes a step: its settings overrides, MLflow's variables, the import path travel
+# with the job (a worker elsewhere has its own environment); thread counts are the worker's to decide
+_FORWARDED = ("NOTEBENCH_", "MLFLOW_", "PYTHONPATH")
 
 
-def _import_papermill() -> None:
-    """Import papermill ahead of the first step (it takes seconds)."""
-    defer_iri_grammar()  # nbformat's jsonschema would build IRI parsers: 2.75 s (see notebench.imports)
-    with _IMPORTS:
-        import jupyter_client.kernelspec  # noqa: F401
-        import papermill  # noqa: F401
-
-
-def _start_pool(imports: list[str], root: Path, parallelism: int):
-    """A warm kernel pool that imports `imports` once, while the first step starts.
-
-    Steps running side by side each get an equal share of the cores for OpenMP and BLAS (OpenMP reads its
-    thread count when the server imports it), unless the user set one.
-    """
-    from notebench.pipeline.kernels import KernelPool
-
-    threads = str(max(1, (os.cpu_count() or 1) // parallelism))
-    env = {k: threads for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k not in os.environ}
-    return KernelPool(imports, state_dir=root / "kernels", server_env=env).start()
-
-
-def _papermill(step: StepSpec, output: Path, params: dict, timeout: int, kernel_kwargs: dict, resume: str):
-    """Execute one step notebook; turn papermill's errors into `StepFailed` with the cell and the error."""
-    import papermill
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-    try:
-        papermill.execute_notebook(str(step.notebook), str(output), parameters=params,
-                                   progress_bar=False, execution_timeout=timeout, **kernel_kwargs)
-    except papermill.PapermillExecutionError as exc:
-        what = exc.evalue if exc.ename == "StepStopped" else f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
-        raise StepFailed(step.name, what, notebook=output, cell=exc.exec_count, resume=resume) from exc
-    except CellTimeoutError as exc:
-        raise StepFailed(step.name, f"timed out after {timeout} s", notebook=output, resume=resume) from exc
-    except DeadKernelError as exc:
-        raise StepFailed(step.name, f"its kernel died: {exc}", notebook=output, resume=resume) from exc
+def _forwarded(environ) -> dict[str, str]:
+    """The runner's variables that shape what a step computes, for a kernel started anywhere."""
+    return {k: v for k, v in environ.items() if k.startswith(_FORWARDED) and k != "NOTEBENCH_SETTINGS"}
 
 
 def resolve(pipeline: str | Path, ws: Workspace, env: str | None = None):

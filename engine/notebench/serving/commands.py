@@ -20,6 +20,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-log", dest="log_predictions", action="store_false", default=None,
                         help="do not log predictions")
     parser.add_argument("--threads", type=int, help="OpenMP/BLAS threads per prediction ([serving] threads, 1)")
+    parser.add_argument("--workers", type=int, default=1, help="replicas of the service (processes on one socket, "
+                        "metrics merged across them; default 1)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (default: info)")
     parser.add_argument("--access-log", action="store_true", help="log every request line")

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
-__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics", "multiprocess_dir"]
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics", "forget_dead_processes",
+           "forget_process", "multiprocess_dir"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -72,6 +73,31 @@ def multiprocess_dir() -> str | None:
     return _configured_folder()
 
 
+def forget_process(pid: int) -> None:
+    """Drop the live gauges of process `pid` from the multiprocess folder (its counters keep counting)."""
+    if multiprocess_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, multiprocess_dir())
+
+
+def forget_dead_processes() -> None:
+    """Drop the live gauges of every process of the multiprocess folder that no longer runs (killed replicas)."""
+    import re
+
+    folder = multiprocess_dir()
+    if folder is None:
+        return
+    pids = {int(m.group(1)) for name in os.listdir(folder) if (m := re.match(r"gauge_live\w+_(\d+)\.db$", name))}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            forget_process(pid)
+        except PermissionError:
+            pass
+
+
 class _StateGauge:
     """A gauge whose value is read from the service at refresh time: a number, {label values: number}, or None
     (unlabelled: 0; labelled: no series)."""
@@ -88,7 +114,8 @@ class _StateGauge:
         wanted = {tuple(map(str, k)): v for k, v in (value or {}).items()}
         for gone in self.shown - set(wanted):
             self.gauge.labels(*gone).set(0)  # what a multiprocess file keeps; one process just drops it
-            self.gauge.remove(*gone)
+            if multiprocess_dir() is None:  # (prometheus_client warns that files cannot drop a series)
+                self.gauge.remove(*gone)
         for labels, number in wanted.items():
             self.gauge.labels(*labels).set(number)
         self.shown = set(wanted)

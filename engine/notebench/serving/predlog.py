@@ -16,7 +16,11 @@ with a glob). JSON lines would append as cheaply, but every scan would parse eve
 a crash mid-line leaves a torn record; SQLite would make the request path's writer and the monitoring job's reader
 share one lock. The cost of many small segments is bounded by compaction: a closed day's segments are streamed
 into one file (written and renamed the same way; the reader prefers it, so a crash between the rename and deleting
-the merged segments duplicates nothing). Measured on the 2-core machine, busy: one million rows of the use case in
+the merged segments duplicates nothing). Several writers (`notebench serve --workers N`, replicas on several
+hosts sharing the workspace) are safe: a segment's name carries its writer's pid, every temporary name its writer's
+pid too, and compaction runs in one process at a time (an flock on `.compaction.lock`; another writer skips its
+turn); two compactions on different hosts write the same rows, and the reader takes whichever rename came last.
+Measured on the 2-core machine, busy: one million rows of the use case in
 1,000 segments are read in 4.7 s (3 columns: 2.8 s); compacted, in 0.65 s (3 columns: 0.05 s).
 
 Rows: one per predicted row: `request_id`, `row` (index within the request), `time` (UTC, when the request
@@ -242,7 +246,7 @@ class PredictionLog:
 def _atomic_file(target: Path) -> Iterator[BinaryIO]:
     """A handle on a hidden temporary beside `target`; once the block ends, the file is fsynced, renamed to `target`
     and the folder fsynced (a block that raises leaves only the temporary, which a reader never sees)."""
-    tmp = target.parent / f".{target.name}.tmp"
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"  # several writers never share a temporary
     with open(tmp, "wb") as fh:
         yield fh
         fh.flush()
@@ -266,6 +270,23 @@ def _atomic_write(folder: Path, name: str, table, compression: str) -> Path:
         pq.write_table(table, fh, compression=compression, use_dictionary=text,
                        write_statistics=[c for c in STATISTICS_COLUMNS if c in table.column_names])
     return folder / name
+
+
+@contextmanager
+def _compaction_lock(root: Path) -> Iterator[bool]:
+    """Whether this process holds the log's compaction lock (non-blocking) for the block."""
+    import fcntl
+
+    with open(root / ".compaction.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _remove_stale_temporaries(root: Path, older_than: float = 60.0) -> None:
@@ -377,9 +398,20 @@ def _segments(folder: Path) -> list[Path]:
 
 def compact(root: Path, now: datetime | None = None, rows_per_group: int = 100_000) -> list[Path]:
     """Merge each closed day's segments (log and feedback) into one `compacted.parquet`, streaming them in row groups
-    of about `rows_per_group` rows (memory stays one group, whatever the day's size); return the files written."""
+    of about `rows_per_group` rows (memory stays one group, whatever the day's size); return the files written.
+    One process at a time: while another holds the log's compaction lock, this one writes nothing."""
     now = now or datetime.now(UTC)
     written = []
+    if not Path(root).is_dir():
+        return written
+    with _compaction_lock(Path(root)) as mine:
+        if mine:
+            _compact_days(Path(root), now, rows_per_group, written)
+    return written
+
+
+def _compact_days(root: Path, now: datetime, rows_per_group: int, written: list[Path]) -> None:
+    """Compact every closed day folder of `root`, appending the files written to `written`."""
     for kind in (LOG_DIR, FEEDBACK_DIR):
         for folder in sorted((Path(root) / kind).glob("*")):
             day = _day(folder)
@@ -393,7 +425,6 @@ def compact(root: Path, now: datetime | None = None, rows_per_group: int = 100_0
                 written.append(folder / COMPACTED)
             for p in segments:  # merged (now, or by a compaction that stopped before deleting them)
                 p.unlink(missing_ok=True)
-    return written
 
 
 def _merge(segments: list[Path], folder: Path, rows_per_group: int) -> None:

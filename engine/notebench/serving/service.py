@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from notebench.errors import InvalidInputError, NoFeatureRepoError, ServingError, UnknownEntityError
 from notebench.serving.batching import MicroBatcher
 from notebench.serving.config import ServingConfig
-from notebench.serving.metrics import BATCH_BUCKETS, ServiceMetrics, multiprocess_dir
+from notebench.serving.metrics import BATCH_BUCKETS, ServiceMetrics, forget_process, multiprocess_dir
 from notebench.serving.models import LoadedModel, ModelHolder, ModelSource
 from notebench.serving.predlog import PredictionLog, log_root
 from notebench.serving.schema import Batch
@@ -95,6 +96,7 @@ class Service:
         await asyncio.to_thread(self.batcher.stop)
         if self.predlog is not None:
             await asyncio.to_thread(self.predlog.close)
+        forget_process(os.getpid())  # a replica's live gauges leave with it (multiprocess mode; else nothing)
 
     async def _watch(self) -> None:
         while True:
