@@ -251,7 +251,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "compile_bytecode": _k("bool", "true", "compile a new lock's packages to bytecode after the deploy, in the "
                                "background (imports then take half the time)"),
         "signing_key": _k("str", "", "HMAC key that signs CI results and releases, and that deploys then require; "
-                          "empty: none. Set NOTEBENCH_ENVIRONMENTS_SIGNING_KEY, never the file (it ships)", secret="all"),
+                          "empty: none. Set NOTEBENCH_ENVIRONMENTS_SIGNING_KEY, never the file (it ships)",
+                          secret="all"),
     },
 }
 
