@@ -92,13 +92,8 @@ def _minutes(item) -> float:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Keep a module whose tests share a module-scoped fixture on one xdist worker (`--dist loadgroup`: the world is
-    built once, never once per worker; other tests spread one by one), and start the longest `slow` work first, so
-    that the two workers finish together instead of one waiting on a long test dealt last."""
-    for item in items:
-        scopes = {d.scope for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs}
-        if scopes & {"module", "class", "package"} and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    """Start the longest `slow` work first, so that the two workers finish together instead of one waiting on a long
+    test dealt last."""
     position = {id(item): n for n, item in enumerate(items)}
     items.sort(key=lambda item: (-_minutes(item), position[id(item)]))  # a module's marks are its items': contiguous
 

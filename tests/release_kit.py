@@ -150,8 +150,10 @@ def output(workspace: Path, env: str) -> dict:
 
 def tree(folder: Path) -> dict[str, str]:
     """Every file and link under `folder` with its content digest (or link target), to see that nothing changed; a
-    venv or layer (thousands of files linked from uv's cache) counts as its own finished-mark."""
+    venv or layer (thousands of files linked from uv's cache) counts as its own finished-mark, and a state database
+    as its rows (SQLite may checkpoint its write-ahead log into the file at any close without changing a row)."""
     import hashlib
+    import sqlite3
 
     out = {}
     for top, dirs, files in os.walk(folder):
@@ -168,8 +170,13 @@ def tree(folder: Path) -> dict[str, str]:
                 out[(rel / name).as_posix()] = "-> " + os.readlink(path)
         for name in files:
             path = here / name
-            if not path.is_symlink():
-                out[(rel / name).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if name in {"state.db-wal", "state.db-shm"} or path.is_symlink():
+                continue
+            if name == "state.db":
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                    out[(rel / name).as_posix()] = "\n".join(db.iterdump())
+                continue
+            out[(rel / name).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -91,12 +92,37 @@ def test_a_changed_setting_reruns_exactly_the_steps_reading_it_and_their_downstr
     assert run(spec) == dict.fromkeys(("split", "gate", "other", "after"), "cached")
 
 
-def test_settings_file_declarations_and_secrets_are_explained(light, tmp_path, monkeypatch):
+@pytest.fixture
+def tracking_server():
+    """An HTTP server on 127.0.0.1 that answers MLflow's /health, so the runner's check of [tracking] uri passes (the
+    steps here never call MLflow); its host:port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_settings_file_declarations_and_secrets_are_explained(light, tmp_path, monkeypatch, tracking_server):
     pipeline = steps()
     pipeline["secret"] = {"settings": ["tracking.uri", "serving"], "products": {"secret": "secret.txt"},
                           "body": WRITE.format(product="secret", text="'ok'")}
     spec = make_pipeline(tmp_path / "sf", pipeline)
-    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", "http://alice:hunter2@mlflow.invalid:5000")
+    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", f"http://alice:hunter2@{tracking_server}")
     monkeypatch.setenv("NOTEBENCH_SERVING_TOKEN", "tok-hunter2")
     assert set(run(spec).values()) == {"done"}
     manifests = "".join(p.read_text() for p in (light / "pipelines" / "sf" / "products").glob("*/_manifest.json"))
@@ -114,13 +140,13 @@ def test_settings_file_declarations_and_secrets_are_explained(light, tmp_path, m
     with edited.open("w") as f:
         parser.write(f)
     monkeypatch.setenv("NOTEBENCH_SETTINGS", str(edited))
-    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", "http://alice:hunter3@mlflow.invalid:5000")
+    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", f"http://alice:hunter3@{tracking_server}")
     now = plan(spec)
     assert now["gate"] == ("run", [f"setting gates.data_skew_distance changed: {bar!r} -> {bar + 0.1!r}"])
     assert now["secret"] == ("run", ["setting tracking.uri changed (value hidden: it may hold credentials)"])
     assert now["split"][0] == now["other"][0] == "cached"
     monkeypatch.delenv("NOTEBENCH_SETTINGS")
-    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", "http://alice:hunter2@mlflow.invalid:5000")
+    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", f"http://alice:hunter2@{tracking_server}")
 
     # declaring a setting, or dropping the declaration that narrowed a computed read, is a change too
     data = yaml.safe_load(spec.read_text())

@@ -234,7 +234,8 @@ def test_the_trigger_service_of_an_environment_runs_its_deployed_release(workspa
     assert output(workspace, "dev")["derived"] == ["temp_per_load"]  # release 2's code, from its venv
     events = json.loads(notebench("events", "--env", "dev", "--json", check=True).stdout)
     assert [(e["kind"], e["status"], e["run_id"]) for e in events] == [("on_demand", "started", runs[0]["run_id"])]
-    assert (dev_ws / "triggers").is_dir() and not (workspace / "triggers").exists()  # the project's queue: untouched
+    project_events = json.loads(notebench("events", "--json", check=True).stdout)
+    assert project_events == []  # the trigger queue is the environment's own: the project's is untouched
     assert json.loads(notebench("events", "--json", check=True).stdout) == []
 
 

@@ -42,6 +42,14 @@ def wait_until(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def feast_was_imported(tmp_path: Path) -> dict[str, str]:
+    """The variables a process that imported Feast hands its children (Feast's private metrics folder): the replicas
+    must still share a folder of their own, not Feast's."""
+    folder = tmp_path / "feast_metrics_parent"
+    folder.mkdir()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder), "PROMETHEUS_MULTIPROCESS_DIR": str(folder)}
+
+
 def ready(base: str) -> bool:
     try:
         return httpx.get(f"{base}/ready", timeout=2).status_code == 200
@@ -106,7 +114,8 @@ def test_two_replicas_swap_without_a_failed_request_and_share_their_metrics(tmp_
     metrics_dirs = set(Path(tempfile.gettempdir()).glob("notebench-metrics-*"))
     server = subprocess.Popen([str(BIN / "notebench"), "serve", "--workers", "2", "--port", str(port),
                                "--watch-interval", "0.5", "--flush-interval", "0.2", "--log-level", "warning"],
-                              cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log.open("w"),
+                              cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **feast_was_imported(tmp_path)},
+                              stdout=log.open("w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     stop, threads = threading.Event(), []
     try:
@@ -144,6 +153,7 @@ def test_two_replicas_swap_without_a_failed_request_and_share_their_metrics(tmp_
         os.killpg(server.pid, signal.SIGINT)
         server.wait(60)
     assert not set(Path(tempfile.gettempdir()).glob("notebench-metrics-*")) - metrics_dirs  # its metrics folder is gone
+    assert not list((tmp_path / "feast_metrics_parent").iterdir())  # Feast's inherited folder was never used
     flushed = read_predictions(ws)
     assert len(flushed) == len(answers)  # stopping flushed every replica's log
 

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 __all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics", "forget_dead_processes",
-           "forget_process", "multiprocess_dir"]
+           "forget_process", "multiprocess_dir", "operator_folder"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -47,6 +47,13 @@ def _feast_folder(folder: str | None) -> bool:
 
 def _configured_folder() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+def operator_folder() -> str | None:
+    """The multiprocess folder an operator set for the service (PROMETHEUS_MULTIPROC_DIR), None when unset or when it
+    is only Feast's private one (set by an import of Feast in this process or in the one that started it)."""
+    folder = _configured_folder()
+    return None if _feast_folder(folder) else folder
 
 
 def keep_values_in_memory() -> None:

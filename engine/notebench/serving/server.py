@@ -68,7 +68,9 @@ def _serve_replicas(workspace, config: ServingConfig, workers: int, run: dict) -
     at the end if it was made here."""
     import uvicorn
 
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    from notebench.serving.metrics import operator_folder
+
+    folder = operator_folder()  # not Feast's own, inherited from a process that imported Feast: ours would mix in
     made = folder is None
     folder = folder or tempfile.mkdtemp(prefix="notebench-metrics-")
     for stale in os.listdir(folder):  # values of an earlier service would be summed into this one's
