@@ -53,8 +53,6 @@ def test_check_passes_on_the_sample(tmp_path):
     assert "use case 'deliveries': regression on 'delivery_minutes'" in said and "ok: split" in said
 
 
-@pytest.mark.xfail(reason="regression through every engine stage: tasks15's work, not merged into this branch yet "
-                          "(the train step refuses it)", strict=False)
 def test_the_whole_loop_runs(tmp_path):
     env = _env(tmp_path)
     out = _run([str(BIN / "notebench"), "demo", "--days", "16", "--more-days", "4", "--size", "150", "--trials", "2"],

@@ -370,13 +370,8 @@ def _serve_and_predict(project: Path, env: dict, records: list[dict]) -> dict:
         log.close()
 
 
-NOT_YET = pytest.mark.xfail(reason="multiclass and regression through every engine stage: tasks15's work, not merged "
-                                   "into this branch yet (the train step refuses them)", strict=False)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["binary", pytest.param("multiclass", marks=NOT_YET),
-                                  pytest.param("regression", marks=NOT_YET)])
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "regression"])
 def test_a_new_project_trains_and_serves(kind, tmp_path):
     project = tmp_path / kind
     data = world(tmp_path / "data", **THREE[kind])

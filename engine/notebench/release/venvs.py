@@ -21,7 +21,6 @@ Every step that fails removes what it made, so a refused deploy leaves the envir
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 from notebench.errors import DeployRefused
+from notebench.state.flock import file_lock
 
 __all__ = ["MARK", "build_venv", "compile_in_background", "ensure_layer", "find_python", "find_uv", "layer_key",
            "remove_unused_layers", "site_packages", "venv_mark"]
@@ -136,9 +136,7 @@ def venv_mark(venv: Path) -> dict | None:
 def _layers_lock(root: Path):
     """One process at a time builds or removes layers (deploys of different environments may share one)."""
     folder = root / LAYERS
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with file_lock(folder / ".lock"):
         yield folder
 
 

@@ -272,21 +272,11 @@ def _atomic_write(folder: Path, name: str, table, compression: str) -> Path:
     return folder / name
 
 
-@contextmanager
-def _compaction_lock(root: Path) -> Iterator[bool]:
-    """Whether this process holds the log's compaction lock (non-blocking) for the block."""
-    import fcntl
+def _compaction_lock(root: Path):
+    """Whether this process holds the log's compaction lock for the block (not waiting: another compacts)."""
+    from notebench.state.flock import file_lock
 
-    with open(root / ".compaction.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(root / ".compaction.lock", wait=0)
 
 
 def _remove_stale_temporaries(root: Path, older_than: float = 60.0) -> None:

@@ -14,7 +14,6 @@ Locks are not reentrant: the same name taken twice, even by one process, waits f
 
 from __future__ import annotations
 
-import fcntl
 import re
 import time
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 
 from notebench.state import schema
+from notebench.state.flock import try_flock
 from notebench.state.store import LockBusy, State, advisory_key, holder_name
 
 __all__ = ["Lock"]
@@ -115,16 +115,8 @@ class Lock:
         return self._try_flock() if self.state.dialect == "sqlite" else self._try_advisory()
 
     def _try_flock(self) -> bool:
-        folder = self.state.path.parent / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(folder / _file_name(self.name), "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return False
-        self._file = f
-        return True
+        self._file = try_flock(self.state.path.parent / "locks" / _file_name(self.name))
+        return self._file is not None
 
     def _try_advisory(self) -> bool:
         if self._conn is None:  # one connection while we try; it holds the lock once we have it
