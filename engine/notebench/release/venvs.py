@@ -54,9 +54,11 @@ print(json.dumps({"notebench": notebench.__version__, "module": module, "origin"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without what would point uv or Python at another environment."""
+    """This process's environment without what would point uv or Python at another environment, or contradict the
+    flags given here (UV_COMPILE_BYTECODE, which the Makefile exports, against `--no-compile-bytecode`)."""
     env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX",
-                                                              "UV_PROJECT_ENVIRONMENT", "UV_PYTHON"}}
+                                                              "UV_PROJECT_ENVIRONMENT", "UV_PYTHON",
+                                                              "UV_COMPILE_BYTECODE", "UV_NO_COMPILE_BYTECODE"}}
     return {**env, "UV_PYTHON_DOWNLOADS": "never", **extra}
 
 
