@@ -81,6 +81,18 @@ def notebench(*args: str, env: dict | None = None, timeout: float = 600, check: 
 _STARTED = pytest.StashKey[float]()
 
 
+def wait_until(condition, timeout: float, what: str):
+    """condition()'s first truthy value, polling every 0.2 s; fails naming `what` after `timeout` seconds (a bound on
+    a condition, never a budget: a busy machine only makes it wait longer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def pytest_configure(config):
     config.stash[_STARTED] = time.time()
 

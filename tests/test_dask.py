@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, FIXTURE_USE_CASE, ROOT, notebench
+from conftest import BIN, FIXTURE_USE_CASE, ROOT, notebench, wait_until
 from pipeline_kit import fork_join, make_pipeline
 
 DASK = {"NOTEBENCH_PIPELINE_EXECUTOR": "dask", "NOTEBENCH_DASK_SCHEDULER": "local", "NOTEBENCH_DASK_WORKERS": "2"}
@@ -24,17 +24,6 @@ def last_run(ws: Path, pipeline: str) -> dict:
 def interval(ws: Path, pipeline: str, step: str, name: str) -> tuple[float, float]:
     start, end = (ws / "pipelines" / pipeline / "products" / step / name).read_text().split()[:2]
     return float(start), float(end)
-
-
-def wait_for(condition, timeout: float, what: str):
-    """condition()'s first truthy value, polling; fails naming `what` after `timeout` seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_steps_run_on_dask_workers_in_parallel_then_cache_without_a_cluster(workspace, tmp_path):
@@ -109,8 +98,8 @@ def hanging_step(tmp_path: Path) -> tuple[Path, Path]:
 
 def kill_the_worker(workspace: Path, flag: Path) -> dict:
     """Once the step hangs, kill -9 the worker process running it (named by the step's claim); the claim."""
-    claim = wait_for(lambda: next((workspace / "pipelines/kw/runs").glob("*/workers/s.json"), None), 120, "a claim")
-    wait_for(flag.exists, 120, "the step's kernel to start")
+    claim = wait_until(lambda: next((workspace / "pipelines/kw/runs").glob("*/workers/s.json"), None), 120, "a claim")
+    wait_until(flag.exists, 120, "the step's kernel to start")
     where = json.loads(claim.read_text())
     os.kill(where["pid"], signal.SIGKILL)
     return where

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, wait_until
 from notebench.data.batches import load_landing
 from notebench.serving import read_predictions
 from notebench.usecase import load_use_case
@@ -30,16 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def feast_was_imported(tmp_path: Path) -> dict[str, str]:
