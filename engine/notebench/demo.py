@@ -151,15 +151,30 @@ def _replay_days(ws: Workspace, uc, days: range, shift_day: int, size: int | Non
         yield path.stem, frame
 
 
+def _summary(uc, predictions: list, classes: list | None) -> str:
+    """A day's predictions in a few words, as the task reads: a binary task's mean score, a regression's mean value,
+    a multiclass task's most predicted class and its share."""
+    import numpy as np
+
+    if not predictions:
+        return "none answered"
+    values = np.asarray(predictions, dtype=float)
+    if uc.task == "multiclass" and values.ndim == 2:
+        picked = values.argmax(axis=1)
+        top = np.bincount(picked, minlength=values.shape[1]).argmax()
+        name = classes[top] if classes and top < len(classes) else f"class {top}"
+        return f"most predicted {name} ({(picked == top).mean():.0%})"
+    return f"mean {'prediction' if uc.task == 'regression' else 'score'} {values.mean():.3f}"
+
+
 def _replay(service: _Service, ws: Workspace, uc, days: range, shift_day: int, size: int | None) -> dict:
     """Send days of the world as /predict traffic, then their labels as /feedback; count what happened."""
     import httpx
-    import numpy as np
 
     sent, failed, versions, feedback = 0, 0, set(), []
     with httpx.Client(base_url=service.url, timeout=60) as http:
         for day, frame in _replay_days(ws, uc, days, shift_day, size):
-            scores = []
+            scores, classes = [], None
             for start in range(0, len(frame), 100):
                 chunk = frame.iloc[start:start + 100]
                 records = json.loads(chunk[uc.features].to_json(orient="records"))
@@ -171,10 +186,11 @@ def _replay(service: _Service, ws: Workspace, uc, days: range, shift_day: int, s
                 sent += len(records)
                 versions.add(body["model_version"])
                 scores.extend(body["predictions"])
+                classes = body.get("classes") or classes
                 labels = json.loads(chunk[uc.target].to_json(orient="values"))
                 feedback += [{"request_id": body["request_id"], "row": i, "label": label}
                              for i, label in enumerate(labels) if label is not None]
-            _say(f"   {day}: {len(frame):,} predictions, mean score {np.mean(scores):.3f}")
+            _say(f"   {day}: {len(frame):,} predictions, {_summary(uc, scores, classes)}")
         for start in range(0, len(feedback), 2000):
             http.post("/feedback", json=feedback[start:start + 2000]).raise_for_status()
     return {"predictions": sent, "failed_requests": failed, "versions": sorted(versions), "labels": len(feedback)}
