@@ -117,6 +117,7 @@ def trials_benchmark(folder: Path, team: dict, n_trials: int, size: int) -> dict
     from notebench.tuning import TrialObjective, run_trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a line per trial run otherwise
     frame = pd.concat([readings(day, size=size) for day in range(20)]).dropna(subset=["failed"])
     cut = pd.Timestamp("2026-02-15", tz="UTC")
     fit, validation = frame[frame.observed_at < cut], frame[frame.observed_at >= cut]
@@ -158,7 +159,7 @@ def main() -> int:
                        check=True, stdout=subprocess.DEVNULL)
     try:
         team = load_profile(args.profile or team_dir / "team.env")
-        seconds, n_trials, size = (2.0, 6, 300) if args.quick else (10.0, 20, 1500)
+        seconds, n_trials, size = (2.0, 6, 300) if args.quick else (10.0, 20, 7500)
         load = os.getloadavg()
         results = {"cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load], "quick": args.quick}
         results["steps"] = steps_benchmark(folder, team, seconds)

@@ -108,7 +108,33 @@ def _where() -> str:
         return "kernel"
 
 
-def _trial_task(objective: TrialObjective, study_name: str, storage: str, seed: int) -> dict:
+_STORAGES: dict = {}  # a worker process's study storages, by (URL, heartbeat): made once, not once per trial
+
+
+def _storage(url: str, heartbeat: int | None):
+    """This process's Optuna storage for `url`: one engine and one schema check for all its trials (a new storage
+    per trial costs a connection pool and Optuna's version check, about as much as a small trial), with heartbeats
+    when the settings ask for them, so a trial whose worker died is marked failed."""
+    key = (url, heartbeat)
+    if key not in _STORAGES:
+        import warnings
+
+        import optuna
+
+        from notebench.state.uri import sqlalchemy_url
+
+        # workers on one machine share a SQLite file: wait for its lock, never fail on it
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+            _STORAGES[key] = optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=engine,
+                                                        heartbeat_interval=heartbeat or None,
+                                                        grace_period=2 * heartbeat if heartbeat else None)
+    return _STORAGES[key]
+
+
+def _trial_task(objective: TrialObjective, study_name: str, storage: str, seed: int,
+                heartbeat: int | None = None) -> dict:
     """On a worker: one trial of the shared study, run by `study.optimize` (heartbeats, failure states)."""
     import os
 
@@ -116,9 +142,8 @@ def _trial_task(objective: TrialObjective, study_name: str, storage: str, seed: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a line per trial run in the worker's log otherwise
-    if storage.startswith("sqlite:"):  # workers on one machine share the file: wait for its lock, never fail on it
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.load_study(study_name=study_name, storage=_storage(storage, heartbeat),
+                              sampler=optuna.samplers.TPESampler(seed=seed))
     ran = []
     study.optimize(objective, n_trials=1, callbacks=[lambda _, trial: ran.append(trial)])
     return {"number": ran[0].number, "value": ran[0].value, "worker": _where()}
@@ -140,13 +165,15 @@ def run_trials(study, objective: TrialObjective, n_trials: int, timeout: float, 
         resources = {TRIAL: 1} if slots else None
         slots = slots or sorted(client.scheduler_info()["workers"])
         deadline, seed = time.time() + timeout, objective.seed
+        heartbeat = settings.value("training", "study_heartbeat") or None
         placed: dict = {}  # running trial's future -> the worker it was given to
 
         def submit(index: int):
             """Trial `index` on the worker with the fewest running trials: left to itself, the scheduler queues them
             all on the worker that is not running the train step (the step looks like load to it; it only waits)."""
             target = min(slots, key=lambda w: sum(1 for p in placed.values() if p == w))
-            future = client.submit(_trial_task, shared, study.study_name, storage, seed + index, pure=False,
+            future = client.submit(_trial_task, shared, study.study_name, storage, seed + index, heartbeat,
+                                   pure=False,
                                    resources=resources, workers=[target], allow_other_workers=True,
                                    key=f"notebench-trial-{study.study_name}-{index}")
             placed[future] = target
