@@ -227,10 +227,18 @@ def send(loop: Loop, frame: pd.DataFrame, labels) -> int:
 
 
 def flushed(loop: Loop) -> bool:
-    """True when the service has written every prediction it logged (its /metrics say none is buffered)."""
+    """True when the service has written every prediction it made: nothing buffered, and as many rows written as
+    predicted (a flush takes the buffer before it writes the segment, so "nothing buffered" alone can come early)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = httpx.get(f"{loop.server}/metrics", timeout=10).text
-    return any(line.split()[-1] in ("0", "0.0") for line in text.splitlines()
-               if line.startswith("notebench_prediction_log_rows_buffered"))
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    written = values.get("notebench_prediction_log_rows_written", 0)
+    predicted = values.get("notebench_predicted_rows_total", 0)
+    return values.get("notebench_prediction_log_rows_buffered", 0) == 0 and written >= predicted
 
 
 def label_earlier_rows(loop: Loop, logged: pd.DataFrame) -> None:
