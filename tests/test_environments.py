@@ -254,3 +254,20 @@ def test_stage_results_count_only_on_their_source_and_with_the_key(tmp_path, eng
     assert stage_results(dist, project, key="k1")["smoke"]["status"] == "unsigned"
     record_stage(dist, "smoke", True, project, key="", source="0" * 40)
     assert stage_results(dist, project, key="")["smoke"]["status"] == "stale"
+
+
+def test_pruning_ranks_releases_by_the_order_of_the_history_not_its_clock(workspace, monkeypatch):
+    """A deploy and a rollback in the same second: the release rolled back to is the more recently used one."""
+    monkeypatch.setenv("NOTEBENCH_ENVIRONMENTS_KEEP_RELEASES", "2")
+    from notebench.release.environments import Environment, _prune
+    from notebench.workspace import Workspace
+
+    staging = Environment(Workspace.of(workspace), "staging")
+    for name in ("old", "replaced", "current"):
+        (staging.releases / name).mkdir(parents=True)
+        (staging.releases / name / "manifest.json").write_text("{}")
+    staging.pointer.symlink_to(Path("releases") / "current")
+    for bundle in ("old", "replaced", "old", "current"):  # deploy, deploy, rollback, deploy: one second
+        staging.record({"time": "2026-12-07T06:00:00Z", "bundle": bundle})
+    assert _prune(staging) == ["replaced"]  # keep_releases = 2: the current one and the one rolled back to
+    assert sorted(p.name for p in staging.releases.iterdir()) == ["current", "old"]

@@ -393,12 +393,12 @@ def _prune(target: Environment) -> list[str]:
     the current one; then the layers no kept release uses. Returns the removed release hashes."""
     keep = target.ws.settings.value("environments", "keep_releases")
     current = target.current()
-    used: dict[str, str] = {}
-    for event in target.history():
-        used[event.get("bundle")] = event.get("time", "")
+    used: dict[str, int] = {}  # by the order of the history, not its times: two events can share a second
+    for order, event in enumerate(target.history()):
+        used[event.get("bundle")] = order
     present = {p.name for p in target.releases.iterdir()} if target.releases.is_dir() else set()
     present |= {p.name for p in target.venvs.iterdir()} if target.venvs.is_dir() else set()
-    ranked = sorted(present - {current.hash if current else ""}, key=lambda h: used.get(h, ""), reverse=True)
+    ranked = sorted(present - {current.hash if current else ""}, key=lambda h: used.get(h, -1), reverse=True)
     removed = ranked[max(0, keep - 1):]
     for bundle_hash in removed:
         shutil.rmtree(target.releases / bundle_hash, ignore_errors=True)
