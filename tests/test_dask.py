@@ -216,6 +216,35 @@ def test_trials_as_dask_tasks_share_the_study_and_log_child_runs(workspace, tmp_
     assert all(r.info.status == "FINISHED" and "validation_auc" in r.data.metrics for r in children)
 
 
+def test_a_trial_objective_travels_with_the_contract_columns_only(use_case):
+    import pickle
+
+    import pandas as pd
+    from fixture_lib.use_case import readings
+    from notebench.tuning import TrialObjective
+
+    frame = pd.concat([readings(day, size=50) for day in range(2)]).dropna(subset=[use_case.target])
+    objective = TrialObjective(FIXTURE_USE_CASE, frame, frame, 42, "sqlite://", "0", "p", "s")
+    sent = pickle.loads(pickle.dumps(objective))
+    assert list(sent.fit.columns) == [*use_case.features, use_case.target] == list(sent.validation.columns)
+    assert "device_id" in objective.fit.columns  # the caller's frames are left as they were
+    assert sent.fit.equals(frame[[*use_case.features, use_case.target]])
+
+
+@pytest.mark.parametrize("env, applied", [({"MALLOC_TRIM_THRESHOLD_": "65536"}, True),  # a Dask nanny's setting
+                                          ({}, False),
+                                          ({"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": "4096"},
+                                           False)])  # the operator's own choice is kept
+def test_workers_undo_the_frozen_mmap_threshold_only_where_the_nanny_froze_it(env, applied):
+    code = ("import os; from notebench.pipeline.dask_executor import roomy_malloc; "
+            "print(roomy_malloc(), os.environ.get('MALLOC_MMAP_THRESHOLD_'))")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([str(BIN / "python"), "-c", code], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ([str(True), str(32 * 1024 * 1024)] if applied else [str(False), env.get("MALLOC_MMAP_THRESHOLD_",
+                                                                                           "None")])
+
+
 @pytest.mark.parametrize("scheduler", ["tcp://127.0.0.1:9", "nonsense"])
 def test_an_unreachable_scheduler_is_a_clear_error_naming_it(workspace, tmp_path, scheduler):
     spec = make_pipeline(tmp_path / "one", {"s": {"body": "pass"}})

@@ -47,7 +47,15 @@ class TrialObjective:
         self._lock = threading.Lock()  # trials in threads (n_jobs > 1) write MLflow one at a time (SQLite)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in {"_uc", "_client", "_lock"}}
+        """What travels to a worker: the frames cut to the contract's columns (the features and the target: all a
+        trial reads), without what `_local` makes."""
+        state = {k: v for k, v in self.__dict__.items() if k not in {"_uc", "_client", "_lock"}}
+        columns = [*self.uc.features, self.uc.target]
+        for name in ("fit", "validation"):
+            frame = state[name]
+            if set(columns) <= set(frame.columns) and len(columns) < len(frame.columns):
+                state[name] = frame[columns]
+        return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -140,6 +148,9 @@ def _trial_task(objective: TrialObjective, study_name: str, storage: str, seed: 
 
     import optuna
 
+    from notebench.pipeline.dask_executor import roomy_malloc
+
+    roomy_malloc()  # a fit under the nanny's malloc setting is 15-25% slower
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # a line per trial run in the worker's log otherwise
     study = optuna.load_study(study_name=study_name, storage=_storage(storage, heartbeat),
