@@ -255,3 +255,18 @@ def test_an_unreachable_scheduler_is_a_clear_error_naming_it(workspace, tmp_path
     assert time.perf_counter() - started < 60
     record = last_run(workspace, "one")
     assert record["state"] == "failed"  # recorded as failed, never left "running"
+
+
+@pytest.mark.parametrize("uri, loads_plugins", [("http://127.0.0.1:5000", True), ("", False)])
+def test_warm_kernels_load_mlflows_http_plugins_only_against_a_tracking_server(workspace, monkeypatch, uri,
+                                                                                loads_plugins):
+    """Feast's MLflow header plugin imports Feast on a process's first request to a server (4 s a step here): the
+    kernel server pays it once, before it forks the steps' kernels; a workspace store needs none of it."""
+    from notebench.pipeline.executors import MLFLOW_HTTP_IMPORTS, kernel_imports
+    from notebench.settings import load_settings
+
+    monkeypatch.setenv("NOTEBENCH_TRACKING_URI", uri)
+    imports = kernel_imports(load_settings())
+    assert imports[:len(load_settings().value("pipeline", "warm_imports"))] == load_settings().value(
+        "pipeline", "warm_imports")
+    assert (MLFLOW_HTTP_IMPORTS in imports) is loads_plugins

@@ -34,7 +34,7 @@ from dataclasses import asdict
 from urllib.parse import urlsplit, urlunsplit
 
 from notebench.errors import NotebenchError
-from notebench.pipeline.executors import Executor, JobResult, StepJob, run_job
+from notebench.pipeline.executors import Executor, JobResult, StepJob, kernel_imports, run_job
 
 __all__ = ["STEP", "TRIAL", "DaskExecutor", "connect", "offering", "redact", "roomy_malloc", "run_on_worker"]
 
@@ -103,7 +103,7 @@ class DaskExecutor(Executor):
         if self.client is None:
             self.client, self.cluster = connect(self.settings)
             self.resources = {STEP: 1} if offering(self.client, STEP) else None
-            imports = self.settings.value("pipeline", "warm_imports")
+            imports = kernel_imports(self.settings)
             self.client.run(warm_up, imports, os.environ.get("PYTHONPATH", ""))  # every worker's server imports now
         return self
 

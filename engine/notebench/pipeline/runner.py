@@ -19,7 +19,7 @@ from pathlib import Path
 from notebench import __version__
 from notebench.errors import NotebenchError, StepFailed
 from notebench.pipeline.cache import Fingerprint, path_digest, setting_values
-from notebench.pipeline.executors import JobResult, StepJob, get_executor, read_claim
+from notebench.pipeline.executors import JobResult, StepJob, get_executor, kernel_imports, read_claim
 from notebench.pipeline.lineage import LineageClient, now_ms, published_id
 from notebench.pipeline.notebooks import read_notebook
 from notebench.pipeline.progress import Progress, TerminalProgress
@@ -276,7 +276,7 @@ class _Run:
                        notebook=str(step.notebook), output=str(self.run_dir / f"{step.name}.ipynb"), parameters=params,
                        staging=str(staging), products=products, cwd=str(step.notebook.parent),
                        claim=str(self.run_dir / "workers" / f"{step.name}.json"), env=self._kernel_env(),
-                       timeout=step.timeout or self.cfg["timeout"], warm_imports=list(self.cfg["warm_imports"]))
+                       timeout=step.timeout or self.cfg["timeout"], warm_imports=kernel_imports(self.ws.settings))
 
     def _note_claims(self, jobs) -> None:
         """Mark started jobs "running", with where they run (a job moved to another worker adds one)."""
