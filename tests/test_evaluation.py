@@ -8,6 +8,7 @@ and never silently missing. Four rows are enough to check every number by hand.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -130,9 +131,23 @@ def test_primary_score_is_the_contracts_metric_on_labelled_rows(use_case, fitted
     score = primary_score(use_case, model, holdout)
     assert score == metrics(holdout[use_case.target], positive_scores(model, holdout, use_case.features))["auc"]
     assert .6 < score < 1  # the model learned something from the readings
-    brier = dataclasses.replace(use_case, metric="brier", direction="")
+    brier = dataclasses.replace(use_case, metric="brier")
+    assert brier.direction == "minimize" and not brier.maximize  # derived again from the new metric
     assert primary_score(brier, model, holdout) == pytest.approx(
         np.mean((positive_scores(model, holdout, use_case.features) - holdout[use_case.target]) ** 2))
-    scorer = dataclasses.replace(use_case, metric="neg_log_loss", direction="")  # any scikit-learn scorer by name
+    scorer = dataclasses.replace(use_case, metric="neg_log_loss")  # any scikit-learn scorer by name
     assert scorer.maximize and primary_score(scorer, model, holdout) == pytest.approx(
         -metrics(holdout[use_case.target], positive_scores(model, holdout, use_case.features))["log_loss"])
+
+
+def test_replace_derives_a_defaulted_metric_and_direction_again_and_keeps_what_was_given(use_case):
+    from notebench.usecase import METRICS, metric_direction
+
+    regression = dataclasses.replace(use_case, task="regression")
+    assert regression.metric == METRICS["regression"]
+    assert regression.direction == metric_direction(METRICS["regression"]) == "minimize"
+    given = dataclasses.replace(use_case, metric="brier", direction="maximize")  # the user's word, however odd
+    assert dataclasses.replace(given, segments=()).direction == "maximize"
+    assert dataclasses.replace(given, metric="log_loss").direction == "maximize"
+    assert dataclasses.replace(given, task="regression").metric == "brier"
+    assert type(given.metric) is str and json.loads(json.dumps({"m": regression.metric})) == {"m": "rmse"}

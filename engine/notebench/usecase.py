@@ -57,6 +57,14 @@ def is_scorer(name: str) -> bool:
     return name in get_scorer_names()
 
 
+class _Derived(str):
+    """A value the contract filled in from another field (the task's metric, the metric's direction). It is a plain
+    string to every reader, but `dataclasses.replace(use_case, metric="rmse")` derives it again from the new metric
+    instead of carrying the old metric's direction over."""
+
+    __slots__ = ()
+
+
 def metric_direction(name: str) -> str:
     """`maximize` or `minimize` for a built-in metric; `maximize` for a scikit-learn scorer (a scorer's value is
     larger when better: the `neg_` ones negate a loss); empty for anything else."""
@@ -98,10 +106,10 @@ class UseCase:
     def __post_init__(self):
         for name in ("entities", "numeric", "categorical", "derived", "segments"):
             object.__setattr__(self, name, _names(getattr(self, name)))
-        if not self.metric:
-            object.__setattr__(self, "metric", METRICS.get(self.task, ""))
-        if not self.direction:
-            object.__setattr__(self, "direction", metric_direction(self.metric))
+        if not self.metric or isinstance(self.metric, _Derived):
+            object.__setattr__(self, "metric", _Derived(METRICS.get(self.task, "")))
+        if not self.direction or isinstance(self.direction, _Derived):
+            object.__setattr__(self, "direction", _Derived(metric_direction(self.metric)))
 
     # ------------------------------------------------------------------------------------------------------
     # derived names
