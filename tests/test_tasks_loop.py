@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import ROOT, notebench
+from fixture_models import stop_service
 from notebench.usecase import TASK_METRICS, load_use_case
 from notebench.workspace import Workspace
 
@@ -98,7 +98,7 @@ def loop(request, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "notebench.serving", "--port", str(port), "--watch-interval",
                                  "0.5", "--flush-interval", "0.2", "--log-level", "warning"], cwd=ROOT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log.open("w"),
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             uc.simulate(ws.landing, days=DAYS, size=SIZE, seed=SEED)
             run = notebench("run", "training", check=True, timeout=1500)
@@ -107,12 +107,7 @@ def loop(request, tmp_path_factory):
             wait_for(lambda: ready(url, proc, log), "the service serves the champion")
             yield Loop(task, uc, ws, client, ws.settings.value("registry", "model_name"), url, log, training)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_service(proc)
 
 
 def products(loop: Loop, step: str, name: str):
