@@ -162,9 +162,8 @@ class UseCase:
             names = [m for m in TASK_METRICS[self.task] if m in DIRECTIONS]
             out.append(f"metric {self.metric!r}: not a {self.task} metric; expected one of {', '.join(names)}, or the "
                        "name of a scikit-learn scorer (sklearn.metrics.get_scorer_names())")
-        # an empty derived direction follows from an unknown task or metric, which is reported above
-        if self.direction not in ("maximize", "minimize") and not (isinstance(self.direction, _Derived)
-                                                                   and not self.direction):
+        # a derived direction is only ever empty for an unknown task or metric, reported above
+        if not isinstance(self.direction, _Derived) and self.direction not in ("maximize", "minimize"):
             out.append(f"direction {self.direction!r}: expected maximize or minimize")
         if not isinstance(self.label_delay_days, int) or self.label_delay_days < 0:
             out.append(f"label_delay_days {self.label_delay_days!r}: expected a whole number of days >= 0")
