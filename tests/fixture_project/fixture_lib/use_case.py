@@ -79,20 +79,20 @@ def simulate(landing, # the landing folder: batches go to features/
              scenario:str="stable", # one of `SCENARIOS`
              shift_day:int=30, # the first day of the scenario's change
              size:int=200, # devices
-             world=None, # (day, size, seed, scenario, shift_day) -> that day's rows with their labels; `readings`
+             world=readings, # (day, size, seed, scenario, shift_day) -> that day's rows with their labels
             ):
     "Land arrival days [start_day, start_day + days): each batch holds `world`'s rows of `LABEL_DELAY_DAYS` earlier."
     folder = Path(landing) / "features"
     folder.mkdir(parents=True, exist_ok=True)
     for arrival in range(start_day, start_day + days):
         if arrival < LABEL_DELAY_DAYS: continue
-        batch = (world or readings)(arrival - LABEL_DELAY_DAYS, size, seed, scenario, shift_day)
+        batch = world(arrival - LABEL_DELAY_DAYS, size, seed, scenario, shift_day)
         path = folder / f"{(START + pd.Timedelta(days=arrival)).date()}.parquet"
         batch.to_parquet(path.with_suffix(".tmp"), index=False)
         path.with_suffix(".tmp").replace(path)
 
 def sample(landing, # folder to write a small landing area into
-           world=None, # as for `simulate`
+           world=readings, # as for `simulate`
           ):
     "Twenty arrival days of 120 devices."
     simulate(landing, days=20, size=120, seed=7, world=world)
