@@ -64,11 +64,12 @@ team-down:  ## ci/team-down: stop exactly what team-up started, remove its state
 team-demo: team-up  ## the whole demo loop in team mode: steps and trials on Dask workers, state in PostgreSQL
 	set -a && source .team/team.env && set +a && $(BIN)/notebench demo
 
-team-test: team-up  ## the team-mode tests (pytest -m team: loop, workers, state) on the team stack, then team-down
-	PATH="$(CURDIR)/$(BIN):$$PATH" NOTEBENCH_TEAM_PROFILE=$(CURDIR)/.team/team.env \
-	  NOTEBENCH_TEST_POSTGRES=$$(sed -n 's/^TEAM_POSTGRES=//p' .team/team.env) \
-	  $(BIN)/python -m pytest -m team --durations=10 tests/test_team.py tests/test_state.py; \
-	  rc=$$?; PATH="$(CURDIR)/$(BIN):$$PATH" ci/team-down; exit $$rc
+team-test: team-up  ## the team-mode tests (pytest -m team) and benchmarks/team.py --quick on the team stack, then team-down
+	export PATH="$(CURDIR)/$(BIN):$$PATH" NOTEBENCH_TEAM_PROFILE=$(CURDIR)/.team/team.env \
+	  NOTEBENCH_TEST_POSTGRES=$$(sed -n 's/^TEAM_POSTGRES=//p' .team/team.env); \
+	  $(BIN)/python -m pytest -m team --durations=10 tests/test_team.py tests/test_state.py; rc=$$?; \
+	  ci/bench-quick team || rc=1; \
+	  ci/team-down; exit $$rc
 
 clean:  ## remove the venv and the workspace (all runtime state)
 	rm -rf $(VENV) .tools .notebench dist build

@@ -10,10 +10,11 @@
    is its time from queued to committed minus the work its notebook measured;
 4. a fully cached `notebench run` in team mode, process start included (target: < 3 s).
 
-Uses the stack named by --profile (ci/team-up's .team/team.env), else starts one in a temporary folder and stops it
-at the end. `--quick`: 2 s steps, 6 trials on less data, the same code paths, targets printed not judged. Writes
-benchmarks/results/team.json (quick/team.json). Run when the machine is otherwise idle: on 2 cores, any other load
-takes the second core the comparison is about.
+Uses the stack named by --profile (ci/team-up's .team/team.env; default $NOTEBENCH_TEAM_PROFILE, which `make
+team-test` sets), else starts one in a temporary folder and stops it at the end. `--quick`: 2 s steps, 6 trials on
+less data, the same code paths, targets printed not judged; `make team-test` runs it on the stack it started.
+Writes benchmarks/results/team.json (quick/team.json). Run when the machine is otherwise idle: on 2 cores, any other
+load takes the second core the comparison is about.
 """
 
 from __future__ import annotations
@@ -155,7 +156,10 @@ def trials_benchmark(folder: Path, team: dict, n_trials: int, size: int) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s steps, 6 trials on less data; targets not judged")
-    parser.add_argument("--profile", type=Path, help="a running stack's profile (.team/team.env); default: start one")
+    profile = os.environ.get("NOTEBENCH_TEAM_PROFILE")
+    parser.add_argument("--profile", type=Path, default=Path(profile) if profile else None,
+                        help="a running stack's profile (.team/team.env); default $NOTEBENCH_TEAM_PROFILE, "
+                             "else one started")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="notebench-team-bench-"))
     team_dir = folder / "team"
