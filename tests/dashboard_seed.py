@@ -54,6 +54,7 @@ def _evaluate_run(client, experiment: str, score: float) -> str:
 def seed_registry(ws, runs: list[str]) -> dict:
     """Three versions (v2 champion), each from pipeline run `runs[i]` with an evaluate step's overall metric."""
     from notebench.registry import models as registry
+    from notebench.state.store import open_state
 
     client = ws.client()
     experiment = ws.experiment_id(client)
@@ -80,7 +81,7 @@ def seed_registry(ws, runs: list[str]) -> dict:
         if verdict["blessed"]:
             registry.set_aliases(client, name, versions[-1], [registry.CHALLENGER])
             registry.promote(client, name, versions[-1], reason="blessed; [gates] promotion = auto",
-                             who="pipeline training")
+                             who="pipeline training", state=open_state(ws))
     return {"model_name": name, "versions": versions, "champion": versions[1]}
 
 

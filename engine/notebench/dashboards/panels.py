@@ -147,10 +147,11 @@ def _versions(ws) -> list[dict]:
 def champion_history(ws=None):
     """Every champion change, newest first: action, version, previous, who, when, why, forced."""
     from notebench.registry.models import history
+    from notebench.state.store import open_state
 
     ws = workspace(ws)
     c = client(ws)
-    events = history(c, _model_name(ws)) if c is not None else []
+    events = history(c, _model_name(ws), state=open_state(ws)) if c is not None else []
     columns = ["when", "action", "version", "previous", "who", "why", "forced"]
     return _frame([{k: e.get(k) for k in columns} for e in reversed(events)], columns)
 
